@@ -1,0 +1,46 @@
+"""Shared plumbing for stage entry points: logging, params loading, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from pipeline.config import ConfigError, Params, PipelineError, load_params
+
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", help="params file (merged over configs/<preset>.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def run_stage(main: Callable[[argparse.Namespace, Params], None], parser: argparse.ArgumentParser) -> None:
+    """Parse args, validate params before any work, run; user errors exit with one line, no traceback."""
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    try:
+        params = load_params(args.params)
+    except ConfigError as err:
+        for line in err.problems:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    try:
+        main(args, params)
+    except ConfigError as err:
+        for line in err.problems:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except (FileNotFoundError, PipelineError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)

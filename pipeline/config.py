@@ -1,0 +1,335 @@
+"""Typed params schema: load params.yaml over its preset, validate every key before any work."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Cosine = Annotated[float, Field(ge=-1.0, le=1.0)]
+
+
+class PipelineError(RuntimeError):
+    """A failure the user can fix (missing input, unmet target): reported in one line, exit status 1."""
+
+
+class ConfigError(Exception):
+    """Invalid params: one line per problem, each naming the key path."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Section(BaseModel):
+    """A params section: strict types, unknown keys rejected, immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _registered(kind: str, name: str) -> str:
+    """Reject a plug-in name no registry knows, listing the valid ones (registries import lazily)."""
+    from pipeline.registry import UnknownNameError
+
+    if kind == "generator":
+        from pipeline.generators import GENERATORS as registry
+    elif kind == "detector":
+        from pipeline.faces.detect import DETECTORS as registry
+    elif kind == "embedder":
+        from pipeline.faces.embed import EMBEDDERS as registry
+    else:
+        from pipeline.runtime.executors import EXECUTORS as registry
+    try:
+        registry.get(name)
+    except UnknownNameError as err:
+        raise ValueError(str(err)) from None
+    return name
+
+
+class GeneratorParams(Section):
+    model: str = "smoke"
+    truncation_psi: Annotated[float, Field(gt=0.0, le=2.0)] = 0.7
+    truncation_cutoff: PositiveInt | None = None
+    noise_mode: Literal["const", "none", "random"] = "const"
+    resolution: Annotated[int, Field(ge=64, le=1024)] | None = None
+
+    _known = field_validator("model")(lambda cls, v: _registered("generator", v))
+
+
+class IdentitiesParams(Section):
+    count: PositiveInt = 1000
+    images_per_identity: PositiveInt = 8
+    oversample: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
+    shard_size: PositiveInt = 256
+
+    @property
+    def variants_per_identity(self) -> int:
+        """Candidates generated per identity: the requested images plus the oversampling margin."""
+        return int(-(-self.images_per_identity * self.oversample // 1))
+
+
+class VariationParams(Section):
+    mix_start: Annotated[int, Field(ge=0)] = 8
+    mix_stop: PositiveInt | None = None
+    latent_jitter: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
+
+    @field_validator("mix_stop")
+    @classmethod
+    def _mix_range(cls, value: int | None, info: ValidationInfo) -> int | None:
+        start = info.data.get("mix_start")
+        if value is not None and start is not None and value <= start:
+            raise ValueError(f"must be > variation.mix_start ({start}), got {value}")
+        return value
+
+
+class DetectParams(Section):
+    model: str = "mtcnn"
+    min_face_size: PositiveInt | None = None
+    thresholds: tuple[Probability, Probability, Probability] = (0.6, 0.7, 0.7)
+    factor: Annotated[float, Field(gt=0.1, lt=1.0)] = 0.709
+    count_min_prob: Probability = 0.9
+
+    _known = field_validator("model")(lambda cls, v: _registered("detector", v))
+
+
+class AlignParams(Section):
+    size: Annotated[int, Field(ge=32, le=512)] = 112
+    margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+
+
+class EmbedParams(Section):
+    model: str = "inception_resnet_v1"
+    weights: Literal["vggface2", "casia-webface"] = "vggface2"
+    input_size: Annotated[int, Field(ge=80, le=320)] = 160
+
+    _known = field_validator("model")(lambda cls, v: _registered("embedder", v))
+
+
+class FilterParams(Section):
+    min_det_prob: Probability = 0.98
+    max_faces: PositiveInt = 1
+    min_face_fraction: Probability = 0.05
+    max_roll_deg: Annotated[float, Field(ge=0.0, le=180.0)] = 30.0
+    max_align_residual: Annotated[float, Field(gt=0.0)] = 0.2
+    min_sharpness: Annotated[float, Field(ge=0.0)] = 0.0
+    brightness: tuple[Probability, Probability] = (0.15, 0.9)
+    max_clipped: Probability = 0.25
+
+    @field_validator("brightness")
+    @classmethod
+    def _brightness_order(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] >= value[1]:
+            raise ValueError(f"must be [low, high] with low < high, got {list(value)}")
+        return value
+
+
+class DedupParams(Section):
+    max_identity_similarity: Cosine = 0.5
+    min_sample_consistency: Cosine = 0.4
+    max_sample_similarity: Cosine = 0.98
+    exact_search_max: PositiveInt = 200_000
+
+
+class BalanceParams(Section):
+    mode: Literal["select"] = "select"
+
+
+class DatasetParams(Section):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "synthfaces"
+    identities: PositiveInt = 500
+    images_per_identity: PositiveInt = 6
+
+
+class ExportParams(Section):
+    formats: Annotated[list[Literal["webdataset", "parquet"]], Field(min_length=1)] = ["webdataset", "parquet"]
+    samples_per_shard: PositiveInt = 10_000
+    max_shard_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
+    image_format: Literal["jpg", "png", "webp"] = "jpg"
+    image_quality: Annotated[int, Field(ge=1, le=100)] = 95
+    include_full: bool = False
+    shuffle: bool = True
+
+    @field_validator("formats")
+    @classmethod
+    def _unique_formats(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"must not repeat a format, got {value}")
+        return value
+
+
+class RuntimeParams(Section):
+    executor: str = "local"
+    devices: Annotated[list[str], Field(min_length=1)] = ["auto"]
+    batch_size: PositiveInt | Literal["auto"] = "auto"
+    precision: Literal["fp32", "fp16", "bf16"] = "bf16"
+    threads: PositiveInt | None = None
+
+    _known = field_validator("executor")(lambda cls, v: _registered("executor", v))
+
+
+class Params(Section):
+    """The whole params.yaml, merged over its preset."""
+
+    preset: str = "smoke"
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    generator: GeneratorParams = GeneratorParams()
+    identities: IdentitiesParams = IdentitiesParams()
+    variation: VariationParams = VariationParams()
+    detect: DetectParams = DetectParams()
+    align: AlignParams = AlignParams()
+    embed: EmbedParams = EmbedParams()
+    filter: FilterParams = FilterParams()
+    dedup: DedupParams = DedupParams()
+    balance: BalanceParams = BalanceParams()
+    dataset: DatasetParams = DatasetParams()
+    export: ExportParams = ExportParams()
+    runtime: RuntimeParams = RuntimeParams()
+
+    @model_validator(mode="after")
+    def _dataset_fits_candidates(self) -> Params:
+        if self.dataset.identities > self.identities.count:
+            raise _CrossFieldError(
+                "dataset.identities",
+                f"must be <= identities.count ({self.identities.count}), got {self.dataset.identities}",
+            )
+        variants = self.identities.variants_per_identity
+        if self.dataset.images_per_identity > variants:
+            raise _CrossFieldError(
+                "dataset.images_per_identity",
+                f"must be <= the {variants} candidates generated per identity "
+                f"(identities.images_per_identity x identities.oversample), got {self.dataset.images_per_identity}",
+            )
+        return self
+
+    def section_fingerprint(self, *names: str) -> str:
+        """sha256 over the named sections (dotted paths allowed): what a stage's output depends on."""
+        data = self.model_dump(mode="json")
+        picked = {}
+        for name in names:
+            value: Any = data
+            for part in name.split("."):
+                value = value[part]
+            picked[name] = value
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
+
+
+class _CrossFieldError(ValueError):
+    """A rule that spans sections; carries the key path it reports under."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        super().__init__(message)
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Override wins; nested dicts merge key by key, other values (lists too) are replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path, label: str) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError([f"{label}: cannot read {path}: {err.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError([f"{label}: invalid YAML{where}: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{label}: must be a mapping of sections, got {type(data).__name__}"])
+    return data
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> tuple[str, str, str]:
+    """(key path, what is wrong, ', got ...' suffix) for one pydantic error."""
+    loc = [str(p) for p in error["loc"]]
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        valid = _valid_keys(model, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})"
+        return ".".join(loc), f"unknown key{hint}", ""
+    if kind == "value_error" and isinstance(ctx.get("error"), _CrossFieldError):
+        cross = ctx["error"]
+        return cross.path, str(cross), ""
+    bounds = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    if kind in bounds:
+        message = f"must be {symbols[bounds[kind]]} {ctx[bounds[kind]]}"
+    elif kind == "value_error":
+        message = str(ctx.get("error", error["msg"]))
+    else:
+        message = error["msg"][0].lower() + error["msg"][1:]
+    suffix = "" if kind in ("missing", "value_error") else f", got {error.get('input')!r}"
+    return ".".join(_collapse_union(loc)) or "(top level)", message, suffix
+
+
+def _collapse_union(loc: list[str]) -> list[str]:
+    """Drop pydantic's union-branch labels (e.g. 'int', "literal['auto']") from a key path."""
+    labels = {"int", "float", "str", "bool", "constrained-int", "constrained-float", "constrained-str", "list", "tuple"}
+    return [p for p in loc if not (p in labels or p.startswith(("literal[", "function-")))]
+
+
+def _valid_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def validate_params(raw: dict[str, Any]) -> Params:
+    """Validate merged params; raise ConfigError with one line per problem."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        grouped: dict[str, tuple[list[str], str]] = {}
+        for e in err.errors():
+            path, message, suffix = _describe(e, Params)
+            messages, _ = grouped.setdefault(path, ([], suffix))
+            if message not in messages:
+                messages.append(message)
+        lines = [f"{path}: {' or '.join(msgs)}{suffix}" for path, (msgs, suffix) in sorted(grouped.items())]
+        raise ConfigError(lines) from None
+
+
+def load_params(path: str | Path = "params.yaml", configs_dir: Path | None = None) -> Params:
+    """Read params.yaml, merge it over configs/<preset>.yaml, validate everything."""
+    configs_dir = configs_dir or CONFIGS_DIR
+    user = _read_yaml(Path(path), str(path))
+    preset = user.get("preset", Params.model_fields["preset"].default)
+    if not isinstance(preset, str) or not preset:
+        raise ConfigError([f"preset: must be the name of a file in configs/, got {preset!r}"])
+    preset_file = configs_dir / f"{preset}.yaml"
+    if not preset_file.is_file():
+        names = sorted(p.stem for p in configs_dir.glob("*.yaml"))
+        raise ConfigError([f"preset: unknown preset {preset!r} (available: {', '.join(names)})"])
+    merged = deep_merge(_read_yaml(preset_file, f"configs/{preset}.yaml"), user)
+    merged["preset"] = preset
+    return validate_params(merged)

@@ -1,0 +1,97 @@
+"""Identity embeddings with facenet-pytorch's InceptionResnetV1: 512-d, L2-normalised."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.registry import Registry
+
+log = logging.getLogger(__name__)
+
+# File names and class counts of facenet-pytorch's release v2.2.9 checkpoints.
+CHECKPOINTS = {
+    "vggface2": ("20180402-114759-vggface2.pt", 8631),
+    "casia-webface": ("20180408-102900-casia-webface.pt", 10575),
+}
+RANDOM_INIT_SEED = 0
+
+
+def find_checkpoint(weights: str, weights_dir: Path | None) -> Path | None:
+    """`weights_dir/<file>`, else `$TORCH_HOME/checkpoints/<file>` (facenet-pytorch's cache), else None."""
+    name = CHECKPOINTS[weights][0]
+    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    for folder in (weights_dir, torch_home / "checkpoints"):
+        if folder is not None and (folder / name).is_file():
+            return folder / name
+    return None
+
+
+class InceptionResnetEmbedder:
+    """InceptionResnetV1 on aligned crops.
+
+    Without a checkpoint it falls back to a seeded random initialisation (same weights in every
+    process) and `weights_sha256` is "none". Random post-ReLU features all share one large mean,
+    which makes every cosine ~1; `calibrate` centres them by estimating the final BatchNorm's
+    statistics on a fixed batch, so that similarities are at least comparable.
+    """
+
+    def __init__(
+        self,
+        weights: str = "vggface2",
+        weights_dir: Path | None = None,
+        input_size: int = 160,
+        device: str | torch.device = "cpu",
+    ):
+        from facenet_pytorch import InceptionResnetV1
+
+        self.input_size = input_size
+        self.device = torch.device(device)
+        checkpoint = find_checkpoint(weights, weights_dir)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            net = InceptionResnetV1(pretrained=None, classify=False, num_classes=CHECKPOINTS[weights][1])
+        if checkpoint is None:
+            log.warning(
+                "embedder: no %s checkpoint in weights/ or $TORCH_HOME/checkpoints; using RANDOM weights "
+                "(identity similarities are not meaningful; run the weights stage for real embeddings)",
+                weights,
+            )
+            self.weights_name = "none"
+        else:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+            self.weights_name = checkpoint.name
+        self.net = net.eval().requires_grad_(False).to(self.device)
+        self.needs_calibration = checkpoint is None
+
+    def calibrate(self, aligned: torch.Tensor) -> None:
+        """Set the last BatchNorm's running mean/var from `aligned` (random weights only)."""
+        bn = self.net.last_bn
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over this one batch
+        bn.train()
+        with torch.no_grad():
+            self.net(self.preprocess(aligned))
+        bn.eval()
+        self.needs_calibration = False
+
+    def preprocess(self, aligned: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] in [0, 1] -> facenet's fixed standardisation at the network's input size."""
+        x = aligned.to(self.device, torch.float32)
+        if x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True)
+        return (x * 255.0 - 127.5) / 128.0
+
+    def __call__(self, aligned: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings [B, 512] of aligned crops in [0, 1]."""
+        with torch.no_grad():
+            return self.net(self.preprocess(aligned))
+
+
+EMBEDDERS: Registry[InceptionResnetEmbedder] = Registry("embedder")
+EMBEDDERS.register("inception_resnet_v1")(InceptionResnetEmbedder)

@@ -1,0 +1,62 @@
+"""Filter rules: each names a reason code and flags the candidates it rejects (thresholds from `filter.*`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import FilterParams
+from pipeline.faces.quality import QUALITY_COLUMNS
+
+#: Candidate columns the filter reads (no pixels, no embeddings).
+FILTER_COLUMNS = ["key", "identity", "variant", "det_prob", "n_faces", *QUALITY_COLUMNS]
+
+
+@dataclass(frozen=True)
+class Rule:
+    reason: str
+    description: str
+    rejects: Callable[[pd.DataFrame, FilterParams], np.ndarray]
+
+
+#: In order: a rejected candidate's `reason` is the first rule it fails; `reasons` lists all of them.
+RULES: tuple[Rule, ...] = (
+    Rule("non_finite", "generator output had NaN or Inf", lambda d, p: d.q_finite < 1),
+    Rule("no_face", "no face detected", lambda d, p: d.det_prob <= 0),
+    Rule("low_det_prob", "detector probability < filter.min_det_prob", lambda d, p: d.det_prob < p.min_det_prob),
+    Rule("multi_face", "more faces than filter.max_faces", lambda d, p: d.n_faces > p.max_faces),
+    Rule("small_face", "box area / image < filter.min_face_fraction", lambda d, p: d.q_face_fraction < p.min_face_fraction),
+    Rule(
+        "bad_landmarks",
+        "a landmark outside the box, or the nose not between the eyes",
+        lambda d, p: (d.q_landmarks_inside < 1) | (d.q_nose_position <= 0) | (d.q_nose_position >= 1),
+    ),
+    Rule("roll", "|eye-line roll| > filter.max_roll_deg", lambda d, p: d.q_roll.abs() > p.max_roll_deg),
+    Rule("misaligned", "alignment residual > filter.max_align_residual", lambda d, p: d.q_align_residual > p.max_align_residual),
+    Rule("blurry", "Laplacian variance < filter.min_sharpness", lambda d, p: d.q_sharpness < p.min_sharpness),
+    Rule(
+        "exposure",
+        "brightness outside filter.brightness, or clipped fraction > filter.max_clipped",
+        lambda d, p: (d.q_brightness < p.brightness[0]) | (d.q_brightness > p.brightness[1]) | (d.q_clipped > p.max_clipped),
+    ),
+)
+
+
+def apply_filter(candidates: pd.DataFrame, params: FilterParams) -> pd.DataFrame:
+    """Keep/reject every candidate: columns key, identity, variant, keep, reason, reasons."""
+    failed = np.stack([np.asarray(rule.rejects(candidates, params), dtype=bool) for rule in RULES], axis=1)
+    names = np.array([rule.reason for rule in RULES], dtype=object)
+    reasons = [list(names[row]) for row in failed]
+    return pd.DataFrame(
+        {
+            "key": candidates["key"].to_numpy(),
+            "identity": candidates["identity"].to_numpy(),
+            "variant": candidates["variant"].to_numpy(),
+            "keep": ~failed.any(axis=1),
+            "reason": [r[0] if r else "" for r in reasons],
+            "reasons": reasons,
+        }
+    )

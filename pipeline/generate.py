@@ -1,0 +1,287 @@
+"""The generate stage's library: generator -> detect -> align -> embed -> score, one shard at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from pipeline.config import ConfigError, Params
+from pipeline.faces import align as alignment
+from pipeline.faces.detect import DETECTORS
+from pipeline.faces.embed import EMBEDDERS
+from pipeline.faces.quality import geometry_scores, pixel_scores
+from pipeline.generators import load_generator
+from pipeline.identities.sampling import check_variation, make_ws, sample_seed
+from pipeline.runtime.device import autocast, batch_size, effective_precision, resolve_devices
+from pipeline.runtime.executors import EXECUTORS
+from pipeline.runtime.progress import progress
+from pipeline.shards.candidates import (
+    MANIFEST,
+    ShardSpec,
+    candidate_schema,
+    marker_path,
+    parquet_path,
+    plan_shards,
+    read_marker,
+    sample_key,
+    shard_problem,
+    write_shard,
+)
+from pipeline.shards.io import remove_stale_temporaries, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+#: Seed of the fixed batch that centres a randomly initialised embedder (independent of params.seed).
+CALIBRATION_SEED = 2**31 - 1
+CALIBRATION_SAMPLES = 64
+#: Params sections that shape a candidate shard's bytes (identities.count only decides how many shards).
+SHAPING_SECTIONS = (
+    "seed", "generator", "identities.images_per_identity", "identities.oversample",
+    "identities.shard_size", "variation", "detect", "align", "embed",
+)  # fmt: skip
+#: Library code whose change must invalidate finished shards (dvc.yaml lists the same paths as deps).
+CODE_PATHS = ("generate.py", "generators", "faces", "identities/sampling.py", "shards/candidates.py")
+
+
+def code_fingerprint() -> str:
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for rel in CODE_PATHS:
+        path = root / rel
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(root).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Generator output in [-1, 1] -> uint8, NVIDIA's convention (x * 127.5 + 128, clamped, truncated)."""
+    return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def encode(array: np.ndarray, fmt: str, quality: int = 95) -> bytes:
+    """HWC uint8 -> encoded bytes (deterministic for a given Pillow build)."""
+    buf = io.BytesIO()
+    if fmt == "png":
+        Image.fromarray(array).save(buf, format="PNG", compress_level=6)
+    elif fmt == "jpg":
+        Image.fromarray(array).save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    elif fmt == "webp":
+        Image.fromarray(array).save(buf, format="WEBP", quality=quality, method=4)
+    else:
+        raise ValueError(f"unknown image format {fmt!r} (jpg, png, webp)")
+    return buf.getvalue()
+
+
+class FacePass:
+    """The models for one device, and the pass that turns (identity, variant) pairs into candidate columns."""
+
+    def __init__(self, params: Params, device: torch.device, weights_dir: Path | None = None):
+        self.params = params
+        self.device = device
+        self.precision = effective_precision(params.runtime, device)
+        self.batch_size = batch_size(params.runtime, device)
+        self.generator = load_generator(params.generator.model, device, resolution=params.generator.resolution)
+        problems = check_variation(self.generator, params)
+        if problems:
+            raise ConfigError(problems)
+        res = self.generator.img_resolution
+        d = params.detect
+        self.detector = DETECTORS.create(
+            d.model, image_size=res, device=device, min_face_size=d.min_face_size,
+            thresholds=d.thresholds, factor=d.factor, count_min_prob=d.count_min_prob,
+        )  # fmt: skip
+        self.template = alignment.template(params.align.size, params.align.margin).to(device)
+        e = params.embed
+        self.embedder = EMBEDDERS.create(
+            e.model, weights=e.weights, weights_dir=weights_dir, input_size=e.input_size, device=device
+        )
+        if self.embedder.needs_calibration:
+            self._calibrate()
+
+    @property
+    def info(self) -> dict[str, Any]:
+        g = self.generator
+        return {
+            "generator": {
+                "model": self.params.generator.model,
+                "label": g.label,
+                "license": g.license,
+                "license_id": g.license_id,
+                "sha256": g.sha256,
+                "resolution": g.img_resolution,
+                "num_ws": g.num_ws,
+            },
+            "embedder_weights": self.embedder.weights_name,
+            "precision": self.precision,
+        }
+
+    def _calibrate(self) -> None:
+        ids = np.arange(CALIBRATION_SAMPLES, dtype=np.int64)
+        calib = self.params.model_copy(update={"seed": CALIBRATION_SEED})
+        ws = make_ws(self.generator, calib, ids, np.zeros_like(ids), self.device)
+        pixels = to_uint8(self._synthesize(ws)).permute(0, 2, 3, 1)
+        det = self.detector(pixels)
+        aligned, _ = self._align(pixels, det)
+        self.embedder.calibrate(aligned[torch.from_numpy(det.found).to(self.device)])
+
+    def _synthesize(self, ws: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast(self.precision, self.device):
+            images = self.generator.synthesis(ws, noise_mode=self.params.generator.noise_mode)
+        return images.float()
+
+    def _align(self, pixels: torch.Tensor, det: Any) -> tuple[torch.Tensor, np.ndarray]:
+        """Aligned crops [B, 3, S, S] in [0, 1] quantised to 8 bits (what is stored is what is embedded)."""
+        landmarks = torch.from_numpy(det.landmarks).to(self.device)
+        m, residual = alignment.umeyama(landmarks, self.template)
+        found = torch.from_numpy(det.found).to(self.device)
+        m = torch.where(found[:, None, None], m, _centre_crop(pixels.shape[1:3], self.params.align.size, self.device))
+        images = pixels.permute(0, 3, 1, 2).float() / 255.0
+        crops = alignment.warp(images, m, self.params.align.size)
+        crops = (crops * 255.0).round().clamp(0, 255) / 255.0
+        residual = torch.where(found, residual / self.params.align.size, torch.ones_like(residual))
+        return crops, residual.cpu().numpy()
+
+    def __call__(self, identities: np.ndarray, variants: np.ndarray) -> dict[str, Any]:
+        """Candidate columns for one batch of (identity, variant) pairs."""
+        ws = make_ws(self.generator, self.params, identities, variants, self.device)
+        raw = self._synthesize(ws)
+        finite = torch.isfinite(raw).flatten(1).all(1)
+        pixels = to_uint8(torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0)).permute(0, 2, 3, 1)
+        det = self.detector(pixels)
+        crops, residual = self._align(pixels, det)
+        embeddings = self.embedder(crops).cpu().numpy().astype(np.float16)
+        h, w = pixels.shape[1:3]
+        scores = {"q_finite": finite.cpu().numpy().astype(np.float32), "q_align_residual": residual}
+        scores |= geometry_scores(det, (h, w)) | pixel_scores(crops)
+        pixels_np = pixels.cpu().numpy()
+        crops_np = (crops * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        seed = self.params.seed
+        columns: dict[str, Any] = {
+            "key": [sample_key(int(i), int(v)) for i, v in zip(identities, variants)],
+            "identity": identities.astype(np.int64),
+            "variant": variants.astype(np.int16),
+            "seed": np.array([sample_seed(seed, int(i), int(v)) for i, v in zip(identities, variants)], np.int64),
+            "psi": np.full(len(identities), self.params.generator.truncation_psi, np.float32),
+            "det_prob": det.probs,
+            "n_faces": det.n_faces,
+            "box": list(det.boxes),
+            "landmarks": list(det.landmarks.reshape(-1, 10)),
+            "embedding": list(embeddings),
+            **scores,
+            **self.generator.true_attributes(ws),
+            "image": [encode(a, "jpg", 95) for a in pixels_np],
+            "aligned": [encode(a, "png") for a in crops_np],
+        }
+        return columns
+
+    def shard_table(self, spec: ShardSpec, fingerprint: str, on_batch: Callable[[int], None]) -> pa.Table:
+        """All candidates of one shard as an Arrow table with the candidate schema."""
+        variants_per = self.params.identities.variants_per_identity
+        ids = np.repeat(np.arange(spec.start, spec.stop, dtype=np.int64), variants_per)
+        var = np.tile(np.arange(variants_per, dtype=np.int64), spec.stop - spec.start)
+        parts: list[dict[str, Any]] = []
+        for lo in range(0, len(ids), self.batch_size):
+            parts.append(self(ids[lo : lo + self.batch_size], var[lo : lo + self.batch_size]))
+            on_batch(len(parts[-1]["key"]))
+        columns = {k: _concat([p[k] for p in parts]) for k in parts[0]}
+        columns["model_sha256"] = [self.generator.sha256] * len(ids)
+        columns["params_fingerprint"] = [fingerprint] * len(ids)
+        attr_fields = [_attribute_field(k, v) for k, v in columns.items() if k.startswith("attr_")]
+        schema = candidate_schema(attr_fields)
+        return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
+
+
+def _concat(chunks: list[Any]) -> Any:
+    if isinstance(chunks[0], np.ndarray):
+        return np.concatenate(chunks)
+    return [x for chunk in chunks for x in chunk]
+
+
+def _attribute_field(name: str, values: Any) -> pa.Field:
+    arr = np.asarray(values)
+    return pa.field(name, pa.string() if arr.dtype.kind in "OUS" else pa.float32())
+
+
+def _centre_crop(image_hw: torch.Size, size: int, device: torch.device) -> torch.Tensor:
+    """Affine for a faceless image: scale the whole frame into the crop (so the crop is still an image)."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    s = size / max(h, w)
+    return torch.tensor([[s, 0.0, (size - s * w) / 2], [0.0, s, (size - s * h) / 2]], device=device)
+
+
+def shard_fingerprint(params: Params, face_pass: FacePass) -> str:
+    """What a shard's bytes depend on besides its identity range: params, weights, precision, code."""
+    parts = [
+        params.section_fingerprint(*SHAPING_SECTIONS),
+        face_pass.generator.sha256,
+        face_pass.embedder.weights_name,
+        face_pass.precision,
+        code_fingerprint(),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def run_generate(params: Params, out_dir: Path, weights_dir: Path | None = None) -> dict[str, Any]:
+    """Compute every missing or invalid shard, then write the candidate manifest; returns it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if removed := remove_stale_temporaries(out_dir):
+        log.info("removed %d temporary files left by an interrupted run", removed)
+    devices = resolve_devices(params.runtime)
+    if params.runtime.threads:
+        torch.set_num_threads(params.runtime.threads)
+    first = FacePass(params, devices[0], weights_dir)
+    fingerprint = shard_fingerprint(params, first)
+    specs = plan_shards(params.identities.count, params.identities.shard_size)
+    _remove_unplanned(out_dir, {s.name for s in specs})
+    todo = []
+    for spec in specs:
+        problem = shard_problem(out_dir, spec, fingerprint)
+        if problem is not None:
+            if problem != "not done":
+                log.warning("%s: recomputing (%s)", spec.name, problem)
+            todo.append(spec)
+    log.info("generate: %d shards planned, %d to compute", len(specs), len(todo))
+    per_identity = params.identities.variants_per_identity
+    bar = progress(sum(s.stop - s.start for s in todo) * per_identity, "generate")
+
+    def make_worker(device: torch.device) -> Callable[[ShardSpec], dict]:
+        face_pass = first if device == first.device else FacePass(params, device, weights_dir)
+
+        def work(spec: ShardSpec) -> dict:
+            table = face_pass.shard_table(spec, fingerprint, bar.update)
+            found = int((table.column("det_prob").to_numpy() > 0).sum())
+            return write_shard(out_dir, spec, table, fingerprint, {"samples": table.num_rows, "faces_found": found})
+
+        return work
+
+    with bar:
+        EXECUTORS.create(params.runtime.executor).run(todo, make_worker, devices)
+    markers = [read_marker(out_dir, s) for s in specs]
+    manifest = {
+        **first.info,
+        "fingerprint": fingerprint,
+        "identities": params.identities.count,
+        "variants_per_identity": per_identity,
+        "rows": sum(m["rows"] for m in markers),
+        "shards": markers,
+    }
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def _remove_unplanned(out_dir: Path, planned: set[str]) -> None:
+    """Drop shards beyond the current plan (identities.count was lowered) so no stale file lingers."""
+    for path in sorted(out_dir.glob("shard-*.parquet")) + sorted(out_dir.glob("shard-*.json")):
+        if path.stem not in planned:
+            path.unlink()
+            log.info("removed %s (outside identities.count)", path.name)

@@ -1,0 +1,181 @@
+"""SMOKE-TEST GENERATOR: a parametric face renderer for offline runs and tests, not a face model.
+
+It follows the StyleGAN contract so the whole pipeline runs without weights: z is Gaussian,
+ws has two "layers" (layer 0 = identity parameters, layer 1 = per-sample pose, expression,
+lighting and background), so style mixing into layer 1 varies a person without changing who
+they are, exactly as mixing into fine layers does for StyleGAN. Faces are drawn with soft
+signed-distance shapes and Lambert shading; MTCNN detects most of them. The parameters that
+made each face are returned by `true_attributes`, so balancing can be checked against truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+
+from pipeline.generators.base import Generator, truncate
+
+LABEL = "smoke-test generator (parametric renderer, not a face model)"
+
+IDENTITY_PARAMS = (
+    "skin_tone", "hair_light", "hair_red", "face_w", "face_h", "eye_dx", "eye_r", "brow",
+    "nose_len", "mouth_w", "hair_len", "fringe", "iris_r", "iris_g", "iris_b",
+)  # fmt: skip
+SAMPLE_PARAMS = (
+    "yaw", "pitch", "roll", "scale", "tx", "ty", "bg_r", "bg_g", "bg_b", "eye_open", "smile",
+    "mouth_open", "light", "light_x",
+)  # fmt: skip
+# Range each uniform parameter is mapped to; angles in degrees.
+RANGES = {
+    "face_w": (0.34, 0.46), "face_h": (0.48, 0.6), "eye_dx": (0.36, 0.46), "eye_r": (0.12, 0.17),
+    "brow": (0.7, 1.3), "nose_len": (0.28, 0.38), "mouth_w": (0.32, 0.45), "hair_len": (0.9, 1.3),
+    "fringe": (0.3, 0.8), "iris_r": (0.1, 0.6), "iris_g": (0.1, 0.6), "iris_b": (0.1, 0.6),
+    "yaw": (-40.0, 40.0), "pitch": (-20.0, 20.0), "roll": (-15.0, 15.0), "scale": (0.85, 1.05),
+    "tx": (-0.06, 0.06), "ty": (-0.06, 0.06), "bg_r": (0.15, 0.9), "bg_g": (0.15, 0.9),
+    "bg_b": (0.15, 0.9), "eye_open": (0.55, 1.0), "smile": (-0.5, 1.0), "mouth_open": (0.0, 1.0),
+    "light": (0.8, 1.15), "light_x": (-0.6, 0.6),
+}  # fmt: skip
+SKIN_BINS = ("light", "medium", "dark")
+
+
+def _soft(sdf: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.sigmoid(-sdf / eps)
+
+
+def _ellipse_sdf(x: torch.Tensor, y: torch.Tensor, cx, cy, rx, ry) -> torch.Tensor:
+    """First-order signed distance to an axis-aligned ellipse (exact on circles)."""
+    dx, dy = x - cx, y - cy
+    d = torch.sqrt((dx / rx) ** 2 + (dy / ry) ** 2 + 1e-12)
+    grad = torch.sqrt((dx / rx**2) ** 2 + (dy / ry**2) ** 2 + 1e-12) / d
+    return (d - 1.0) / grad
+
+
+class SmokeGenerator(Generator):
+    """Renders faces from 2 x 16 latent layers; see the module docstring."""
+
+    label = LABEL
+    license = "Apache-2.0 (synthfaces code; no learned weights)"
+    license_id = "apache-2.0"
+
+    def __init__(self, resolution: int = 128):
+        super().__init__()
+        self.z_dim = self.w_dim = 16
+        self.c_dim = 0
+        self.num_ws = 2
+        self.img_resolution = resolution
+        self.img_channels = 3
+        self.register_buffer("w_avg", torch.zeros(self.w_dim))
+        self.sha256 = hashlib.sha256(f"synthfaces-smoke-v1:{resolution}".encode()).hexdigest()
+
+    def mapping(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None):
+        ws = z.to(torch.float32).unsqueeze(1).repeat(1, self.num_ws, 1)
+        return truncate(ws, self.w_avg, truncation_psi, truncation_cutoff)
+
+    def _params(self, ws: torch.Tensor) -> dict[str, torch.Tensor]:
+        u = 0.5 * (1.0 + torch.erf(ws.to(torch.float32) / math.sqrt(2.0)))  # N(0,1) -> U(0,1)
+        p = {name: u[:, 0, i] for i, name in enumerate(IDENTITY_PARAMS)}
+        p.update({name: u[:, 1, i] for i, name in enumerate(SAMPLE_PARAMS)})
+        for name, (lo, hi) in RANGES.items():
+            p[name] = lo + (hi - lo) * p[name]
+        return p
+
+    def true_attributes(self, ws: torch.Tensor) -> dict[str, np.ndarray]:
+        p = {k: v.detach().cpu().numpy() for k, v in self._params(ws).items()}
+        skin = np.minimum((p["skin_tone"] * 3).astype(np.int64), 2)
+        return {
+            "attr_smoke_hair": np.where(p["hair_light"] > 0.5, "light", "dark"),
+            "attr_smoke_skin": np.asarray(SKIN_BINS, dtype=object)[skin].astype(str),
+            "attr_smoke_yaw": p["yaw"].astype(np.float32),
+            "attr_smoke_pitch": p["pitch"].astype(np.float32),
+            "attr_smoke_roll": p["roll"].astype(np.float32),
+        }
+
+    def synthesis(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        p = self._params(ws)
+        img = _render(p, self.img_resolution, ws.device)
+        return img * 2.0 - 1.0
+
+
+def _render(p: dict[str, torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
+    """Draw faces back to front; returns [N, 3, size, size] in [0, 1]."""
+    n = p["yaw"].shape[0]
+
+    def col(v: torch.Tensor) -> torch.Tensor:
+        return v.view(n, 1, 1)
+
+    def rgb(*values: torch.Tensor | float) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(v, device=device).expand(n) for v in values], 1).view(n, 3, 1, 1)
+
+    def paint(img: torch.Tensor, mask: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(1)
+        return img * (1 - m) + m * colour
+
+    lin = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size * 2 - 1
+    y, x = torch.meshgrid(lin, lin, indexing="ij")
+    x, y = x.expand(n, size, size), y.expand(n, size, size)
+    eps = 1.5 / size
+    yaw, pitch, roll = (torch.deg2rad(col(p[k])) for k in ("yaw", "pitch", "roll"))
+    xs, ys = (x - col(p["tx"])) / col(p["scale"]), (y - col(p["ty"])) / col(p["scale"])
+    xr = xs * torch.cos(roll) + ys * torch.sin(roll)
+    yr = -xs * torch.sin(roll) + ys * torch.cos(roll)
+
+    tone = p["skin_tone"]
+    skin = rgb(0.95 - 0.55 * tone, 0.78 - 0.5 * tone, 0.65 - 0.45 * tone)
+    hl, hr = p["hair_light"], p["hair_red"]
+    hair = rgb(0.1 + 0.75 * hl + 0.15 * hr, 0.07 + 0.6 * hl, 0.05 + 0.35 * hl - 0.03 * hr)
+    img = rgb(p["bg_r"], p["bg_g"], p["bg_b"]) + torch.stack([0 * y, 0.1 * y, 0.2 * y], 1)
+    fw, fh = col(p["face_w"]), col(p["face_h"])
+
+    neck = _soft(torch.maximum(xr.abs() - 0.5 * fw, 0.3 - yr), eps)
+    img = paint(img, neck, skin * 0.8)
+    back_hair = _soft(_ellipse_sdf(xr, yr, 0.0, -0.12, fw * 1.12, fh * 0.95 * col(p["hair_len"])), eps)
+    img = paint(img, back_hair, hair)
+
+    fx, fy = xr - torch.sin(yaw) * 0.2, yr - torch.sin(pitch) * 0.15
+    face_sdf = _ellipse_sdf(fx, fy, 0.0, 0.0, fw * torch.cos(yaw).sqrt(), fh)
+    face = _soft(face_sdf, eps)
+    nx, ny = (fx / fw).clamp(-1, 1), (fy / fh).clamp(-1, 1)
+    nz = torch.sqrt((1 - nx**2 - ny**2).clamp(min=0.05))
+    lx = col(p["light_x"])
+    lambert = (nx * lx - 0.4 * ny + 0.85 * nz) / torch.sqrt(lx**2 + 0.88)
+    shade = ((0.35 + 0.75 * lambert.clamp(0, 1.2)) * col(p["light"])).unsqueeze(1)
+    img = img * (1 - face.unsqueeze(1)) + face.unsqueeze(1) * skin * shade
+    fringe = _soft(_ellipse_sdf(fx, fy, 0.0, -fh, fw * 1.05, fh * 0.45 * col(p["fringe"])), eps)
+    img = paint(img, fringe * (face + back_hair).clamp(0, 1), hair)
+
+    sx, sy = torch.sin(yaw) * 0.6 * fw, torch.sin(pitch) * 0.5 * fh
+    eye_y = -0.12 * fh + sy
+    er = col(p["eye_r"]) * fw
+    iris = rgb(p["iris_r"], p["iris_g"], p["iris_b"])
+    for side in (-1.0, 1.0):
+        ex = side * col(p["eye_dx"]) * fw * torch.cos(yaw) + sx
+        brow = _soft(_ellipse_sdf(fx, fy, ex, eye_y - er * 1.9, er * 1.6, er * 0.38 * col(p["brow"])), eps)
+        img = paint(img, brow, hair * 0.6)
+        socket = _soft(_ellipse_sdf(fx, fy, ex, eye_y, er * 1.6, er * 1.1), eps * 4) * 0.25
+        img = paint(img, socket, skin * 0.5)
+        white = _soft(_ellipse_sdf(fx, fy, ex, eye_y, er * 1.25, er * 0.62 * col(p["eye_open"])), eps)
+        img = paint(img, white, rgb(0.93, 0.92, 0.9))
+        gaze = ex + torch.sin(yaw) * er * 0.5
+        img = paint(img, _soft(_ellipse_sdf(fx, fy, gaze, eye_y, er * 0.55, er * 0.55), eps) * white, iris)
+        img = paint(img, _soft(_ellipse_sdf(fx, fy, gaze, eye_y, er * 0.25, er * 0.25), eps) * white, rgb(0.05, 0.05, 0.05))
+
+    nose_len = col(p["nose_len"]) * fh
+    nose_x = sx * 1.2
+    ridge = _soft(_ellipse_sdf(fx, fy, nose_x + 0.02, eye_y + nose_len * 0.55, 0.07 * fw, nose_len * 0.5), eps * 3)
+    img = paint(img, ridge * 0.35, skin * 0.55)
+    for side in (-1.0, 1.0):
+        nostril = _soft(_ellipse_sdf(fx, fy, nose_x + side * 0.1 * fw, eye_y + nose_len, 0.06 * fw, 0.036 * fw), eps)
+        img = paint(img, nostril, skin * 0.35)
+
+    mouth_y = eye_y + nose_len + 0.17 * fh
+    mw = col(p["mouth_w"]) * fw
+    bend = fy - col(p["smile"]) * 0.03 * ((fx - sx) / mw) ** 2
+    opening = col(p["mouth_open"])
+    lips = _soft(_ellipse_sdf(fx, bend, sx, mouth_y, mw, 0.028 + 0.03 * opening), eps)
+    img = paint(img, lips, rgb(0.55, 0.18, 0.2) * skin.mean(1, keepdim=True) * 1.6)
+    inner = _soft(_ellipse_sdf(fx, bend, sx, mouth_y, mw * 0.8, 0.005 + 0.025 * opening), eps)
+    img = paint(img, inner, rgb(0.1, 0.1, 0.1))
+    return img.clamp(0, 1)

@@ -1,0 +1,1 @@
+"""Identity sampling, within-identity consistency and cross-identity dedup."""

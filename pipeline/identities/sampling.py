@@ -1,0 +1,65 @@
+"""Latents for (identity, variant) pairs: every random number comes from (seed, identity, variant) alone.
+
+Variant 0 is the identity's canonical latent. Variant v > 0 keeps the canonical latent in the
+coarse layers (who the person is) and style-mixes a fresh latent into layers
+[mix_start, mix_stop) (pose, expression, light, background for the layers chosen), optionally
+after jittering the canonical latent a little.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.config import Params
+from pipeline.generators.base import Generator
+
+
+def sample_seed(seed: int, identity: int, variant: int) -> int:
+    """A 63-bit seed that reproduces one sample; written to the `seed` column."""
+    state = np.random.SeedSequence([seed, identity, variant]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def _normal(seed: int, identity: int, variant: int, stream: int, dim: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, identity, variant, stream])
+    return rng.standard_normal(dim)
+
+
+def make_ws(
+    generator: Generator,
+    params: Params,
+    identities: np.ndarray,
+    variants: np.ndarray,
+    device: torch.device,
+) -> torch.Tensor:
+    """ws [N, num_ws, w_dim] for each (identity, variant) pair, on `device`."""
+    g, v = params.generator, params.variation
+    seed = params.seed
+    z_id = np.stack([_normal(seed, int(i), 0, 0, generator.z_dim) for i in identities])
+    jitter = np.stack(
+        [_normal(seed, int(i), int(k), 1, generator.z_dim) if k > 0 else np.zeros(generator.z_dim)
+         for i, k in zip(identities, variants)]
+    )  # fmt: skip
+    z_mix = np.stack([_normal(seed, int(i), int(k), 2, generator.z_dim) for i, k in zip(identities, variants)])
+    z = torch.from_numpy(z_id + v.latent_jitter * jitter).to(device, torch.float32)
+    ws = generator.mapping(z, None, truncation_psi=g.truncation_psi, truncation_cutoff=g.truncation_cutoff)
+    mixed = torch.from_numpy(variants > 0).to(device)
+    stop = v.mix_stop or generator.num_ws
+    if v.mix_start < stop and bool(mixed.any()):
+        z_m = torch.from_numpy(z_mix).to(device, torch.float32)
+        ws_mix = generator.mapping(z_m, None, truncation_psi=g.truncation_psi, truncation_cutoff=g.truncation_cutoff)
+        layers = slice(v.mix_start, stop)
+        ws[mixed, layers] = ws_mix[mixed, layers]
+    return ws
+
+
+def check_variation(generator: Generator, params: Params) -> list[str]:
+    """Problems with `variation` that need the model's layer count (reported like config errors)."""
+    v, n = params.variation, generator.num_ws
+    problems = []
+    if v.mix_start >= n:
+        problems.append(f"variation.mix_start: must be < the generator's {n} layers, got {v.mix_start}")
+    if v.mix_stop is not None and v.mix_stop > n:
+        problems.append(f"variation.mix_stop: must be <= the generator's {n} layers, got {v.mix_stop}")
+    return problems

@@ -1,0 +1,1 @@
+"""Metrics, dvc plots data, and the dataset card."""

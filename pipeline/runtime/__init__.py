@@ -1,0 +1,1 @@
+"""Devices, batching, executors and progress."""

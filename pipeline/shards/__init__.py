@@ -1,0 +1,1 @@
+"""Shard files: atomic writes, the candidate store, and the dataset writers."""

@@ -1,0 +1,29 @@
+"""DVC stage generate: candidate shards (images, detections, embeddings, quality scores)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline.cli import run_stage, stage_parser
+from pipeline.config import Params
+from pipeline.generate import run_generate
+
+log = logging.getLogger("stages.generate")
+
+
+def main(args: argparse.Namespace, params: Params) -> None:
+    manifest = run_generate(params, Path(args.out), Path(args.weights))
+    log.info("generate: %d candidates in %d shards -> %s", manifest["rows"], len(manifest["shards"]), args.out)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = stage_parser(__doc__)
+    p.add_argument("--out", default="data/candidates", help="candidate shard folder")
+    p.add_argument("--weights", default="weights", help="folder of fetched weights")
+    return p
+
+
+if __name__ == "__main__":
+    run_stage(main, parser())
