@@ -32,7 +32,9 @@ def select(curation: pd.DataFrame, dataset: DatasetParams) -> pd.DataFrame:
         )
     chosen = eligible[: dataset.identities]
     rank_in_identity = kept.groupby("identity").cumcount()
-    selected_idx = kept.index[kept["identity"].isin(chosen).to_numpy() & (rank_in_identity < dataset.images_per_identity).to_numpy()]
+    selected_idx = kept.index[
+        kept["identity"].isin(chosen).to_numpy() & (rank_in_identity < dataset.images_per_identity).to_numpy()
+    ]
     out = df[["key", "identity", "variant", "keep", "reason"]].copy()
     was_kept = out["keep"].to_numpy().copy()
     selected = np.zeros(len(out), bool)

@@ -33,7 +33,7 @@ class ConfigError(Exception):
 class Section(BaseModel):
     """A params section: strict types, unknown keys rejected, immutable once loaded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def _registered(kind: str, name: str) -> str:
@@ -234,6 +234,11 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
 
 
+def drop_nulls(data: dict[str, Any]) -> dict[str, Any]:
+    """Remove null leaves: in params.yaml, null means "take the preset's (or the default) value"."""
+    return {k: drop_nulls(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Override wins; nested dicts merge key by key, other values (lists too) are replaced."""
     merged = dict(base)
@@ -320,7 +325,7 @@ def validate_params(raw: dict[str, Any]) -> Params:
 
 
 def load_params(path: str | Path = "params.yaml", configs_dir: Path | None = None) -> Params:
-    """Read params.yaml, merge it over configs/<preset>.yaml, validate everything."""
+    """Read params.yaml, merge its non-null values over configs/<preset>.yaml, validate everything."""
     configs_dir = configs_dir or CONFIGS_DIR
     user = _read_yaml(Path(path), str(path))
     preset = user.get("preset", Params.model_fields["preset"].default)
@@ -330,6 +335,6 @@ def load_params(path: str | Path = "params.yaml", configs_dir: Path | None = Non
     if not preset_file.is_file():
         names = sorted(p.stem for p in configs_dir.glob("*.yaml"))
         raise ConfigError([f"preset: unknown preset {preset!r} (available: {', '.join(names)})"])
-    merged = deep_merge(_read_yaml(preset_file, f"configs/{preset}.yaml"), user)
+    merged = deep_merge(_read_yaml(preset_file, f"configs/{preset}.yaml"), drop_nulls(user))
     merged["preset"] = preset
     return validate_params(merged)

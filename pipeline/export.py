@@ -87,7 +87,11 @@ def run_export(params: Params, candidates_dir: Path, selection_path: Path, out_d
     selection = read_curation(selection_path)
     _clear_previous(out_dir)
     cand_manifest = json.loads((candidates_dir / MANIFEST).read_text())
-    meta_columns = [c for c in pq.read_schema(candidates_dir / f"{cand_manifest['shards'][0]['shard']}.parquet").names if c not in IMAGE_COLUMNS]
+    meta_columns = [
+        c
+        for c in pq.read_schema(candidates_dir / f"{cand_manifest['shards'][0]['shard']}.parquet").names
+        if c not in IMAGE_COLUMNS
+    ]
     meta = read_candidates(candidates_dir, meta_columns).to_pandas()
     selected = selection[selection["keep"]][["key", "class"]].merge(meta, on="key", how="left", validate="1:1")
     ordered = export_order(selected, params)
@@ -102,7 +106,11 @@ def run_export(params: Params, candidates_dir: Path, selection_path: Path, out_d
     bar = progress(len(ordered), "export")
     with bar:
         for rec in ordered.to_dict("records"):
-            full = _reencode(images.at[rec["key"], "image"], ex.image_format, ex.image_quality, text) if ex.include_full else None
+            full = (
+                _reencode(images.at[rec["key"], "image"], ex.image_format, ex.image_quality, text)
+                if ex.include_full
+                else None
+            )
             m = {k: _json_value(rec[k]) for k in (*JSON_FIELDS, *QUALITY_COLUMNS, *attr_columns)}
             m["key"], m["class"] = rec["key"], int(rec["class"])
             samples.append(
@@ -115,7 +123,9 @@ def run_export(params: Params, candidates_dir: Path, selection_path: Path, out_d
             )  # fmt: skip
             bar.update()
 
-    slices = partition([len(s["image"]) + len(s["full"] or b"") + 1024 for s in samples], ex.samples_per_shard, ex.max_shard_bytes)
+    slices = partition(
+        [len(s["image"]) + len(s["full"] or b"") + 1024 for s in samples], ex.samples_per_shard, ex.max_shard_bytes
+    )
     files: list[dict[str, Any]] = []
     shard_of: dict[str, str] = {}
     for k, sl in enumerate(slices):

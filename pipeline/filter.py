@@ -28,19 +28,29 @@ RULES: tuple[Rule, ...] = (
     Rule("no_face", "no face detected", lambda d, p: d.det_prob <= 0),
     Rule("low_det_prob", "detector probability < filter.min_det_prob", lambda d, p: d.det_prob < p.min_det_prob),
     Rule("multi_face", "more faces than filter.max_faces", lambda d, p: d.n_faces > p.max_faces),
-    Rule("small_face", "box area / image < filter.min_face_fraction", lambda d, p: d.q_face_fraction < p.min_face_fraction),
+    Rule(
+        "small_face",
+        "box area / image < filter.min_face_fraction",
+        lambda d, p: d.q_face_fraction < p.min_face_fraction,
+    ),
     Rule(
         "bad_landmarks",
         "a landmark outside the box, or the nose not between the eyes",
         lambda d, p: (d.q_landmarks_inside < 1) | (d.q_nose_position <= 0) | (d.q_nose_position >= 1),
     ),
     Rule("roll", "|eye-line roll| > filter.max_roll_deg", lambda d, p: d.q_roll.abs() > p.max_roll_deg),
-    Rule("misaligned", "alignment residual > filter.max_align_residual", lambda d, p: d.q_align_residual > p.max_align_residual),
+    Rule(
+        "misaligned",
+        "alignment residual > filter.max_align_residual",
+        lambda d, p: d.q_align_residual > p.max_align_residual,
+    ),
     Rule("blurry", "Laplacian variance < filter.min_sharpness", lambda d, p: d.q_sharpness < p.min_sharpness),
     Rule(
         "exposure",
         "brightness outside filter.brightness, or clipped fraction > filter.max_clipped",
-        lambda d, p: (d.q_brightness < p.brightness[0]) | (d.q_brightness > p.brightness[1]) | (d.q_clipped > p.max_clipped),
+        lambda d, p: (
+            (d.q_brightness < p.brightness[0]) | (d.q_brightness > p.brightness[1]) | (d.q_clipped > p.max_clipped)
+        ),
     ),
 )
 

@@ -28,8 +28,6 @@ from pipeline.shards.candidates import (
     MANIFEST,
     ShardSpec,
     candidate_schema,
-    marker_path,
-    parquet_path,
     plan_shards,
     read_marker,
     sample_key,
@@ -167,10 +165,12 @@ class FacePass:
         crops_np = (crops * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         seed = self.params.seed
         columns: dict[str, Any] = {
-            "key": [sample_key(int(i), int(v)) for i, v in zip(identities, variants)],
+            "key": [sample_key(int(i), int(v)) for i, v in zip(identities, variants, strict=True)],
             "identity": identities.astype(np.int64),
             "variant": variants.astype(np.int16),
-            "seed": np.array([sample_seed(seed, int(i), int(v)) for i, v in zip(identities, variants)], np.int64),
+            "seed": np.array(
+                [sample_seed(seed, int(i), int(v)) for i, v in zip(identities, variants, strict=True)], np.int64
+            ),
             "psi": np.full(len(identities), self.params.generator.truncation_psi, np.float32),
             "det_prob": det.probs,
             "n_faces": det.n_faces,

@@ -16,7 +16,11 @@ log = logging.getLogger("stages.balance")
 def main(args: argparse.Namespace, params: Params) -> None:
     result = select(read_curation(args.dedup), params.dataset)
     write_curation(result, args.out, SELECTION_FIELDS)
-    log.info("balance: %d samples of %d classes selected", result["keep"].sum(), result.loc[result["keep"], "class"].nunique())
+    log.info(
+        "balance: %d samples of %d classes selected",
+        result["keep"].sum(),
+        result.loc[result["keep"], "class"].nunique(),
+    )
 
 
 def parser() -> argparse.ArgumentParser:

@@ -160,7 +160,9 @@ def _render(p: dict[str, torch.Tensor], size: int, device: torch.device) -> torc
         img = paint(img, white, rgb(0.93, 0.92, 0.9))
         gaze = ex + torch.sin(yaw) * er * 0.5
         img = paint(img, _soft(_ellipse_sdf(fx, fy, gaze, eye_y, er * 0.55, er * 0.55), eps) * white, iris)
-        img = paint(img, _soft(_ellipse_sdf(fx, fy, gaze, eye_y, er * 0.25, er * 0.25), eps) * white, rgb(0.05, 0.05, 0.05))
+        img = paint(
+            img, _soft(_ellipse_sdf(fx, fy, gaze, eye_y, er * 0.25, er * 0.25), eps) * white, rgb(0.05, 0.05, 0.05)
+        )
 
     nose_len = col(p["nose_len"]) * fh
     nose_x = sx * 1.2

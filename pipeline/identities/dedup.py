@@ -51,7 +51,9 @@ def similar_pairs(vectors: np.ndarray, threshold: float, exact_max: int = 200_00
 def _log_recall(x: np.ndarray, threshold: float, found: np.ndarray) -> None:
     sample = np.random.default_rng(1).choice(len(x), size=min(len(x), RECALL_SAMPLE), replace=False)
     exact = x[sample] @ x.T
-    truth = {(min(a, b), max(a, b)) for r, a in enumerate(sample) for b in np.flatnonzero(exact[r] > threshold) if a != b}
+    truth = {
+        (min(a, b), max(a, b)) for r, a in enumerate(sample) for b in np.flatnonzero(exact[r] > threshold) if a != b
+    }
     got = {tuple(p) for p in found.tolist()}
     recall = len(truth & got) / len(truth) if truth else 1.0
     log.info("dedup: IVF recall %.4f on %d sampled identities (%d true pairs)", recall, len(sample), len(truth))
@@ -77,7 +79,11 @@ def run_dedup(curation: pd.DataFrame, candidates: pd.DataFrame, params: DedupPar
     """Carry the filter's decisions forward and add drift / near_copy / duplicate_identity rejections."""
     df = curation.drop(columns=["reasons"], errors="ignore").merge(candidates, on="key", how="left", validate="1:1")
     kept = df.index[df["keep"].to_numpy()]
-    emb = np.stack(df.loc[kept, "embedding"].to_numpy()).astype(np.float32) if len(kept) else np.zeros((0, 512), np.float32)
+    emb = (
+        np.stack(df.loc[kept, "embedding"].to_numpy()).astype(np.float32)
+        if len(kept)
+        else np.zeros((0, 512), np.float32)
+    )
     ids = df.loc[kept, "identity"].to_numpy()
     reasons = consistency_reasons(
         emb, ids, df.loc[kept, "variant"].to_numpy(), params.min_sample_consistency, params.max_sample_similarity

@@ -39,9 +39,11 @@ def make_ws(
     z_id = np.stack([_normal(seed, int(i), 0, 0, generator.z_dim) for i in identities])
     jitter = np.stack(
         [_normal(seed, int(i), int(k), 1, generator.z_dim) if k > 0 else np.zeros(generator.z_dim)
-         for i, k in zip(identities, variants)]
+         for i, k in zip(identities, variants, strict=True)]
     )  # fmt: skip
-    z_mix = np.stack([_normal(seed, int(i), int(k), 2, generator.z_dim) for i, k in zip(identities, variants)])
+    z_mix = np.stack(
+        [_normal(seed, int(i), int(k), 2, generator.z_dim) for i, k in zip(identities, variants, strict=True)]
+    )
     z = torch.from_numpy(z_id + v.latent_jitter * jitter).to(device, torch.float32)
     ws = generator.mapping(z, None, truncation_psi=g.truncation_psi, truncation_cutoff=g.truncation_cutoff)
     mixed = torch.from_numpy(variants > 0).to(device)

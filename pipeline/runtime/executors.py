@@ -15,7 +15,9 @@ WorkerFactory = Callable[[torch.device], Callable[[ShardSpec], dict]]
 
 
 class Executor(Protocol):
-    def run(self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]) -> list[dict]:
+    def run(
+        self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]
+    ) -> list[dict]:
         """Compute every spec; return their markers in spec order."""
         ...
 
@@ -23,7 +25,9 @@ class Executor(Protocol):
 class LocalExecutor:
     """One process, the first device; shards in order."""
 
-    def run(self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]) -> list[dict]:
+    def run(
+        self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]
+    ) -> list[dict]:
         if not specs:
             return []
         worker = make_worker(devices[0])

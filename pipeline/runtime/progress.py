@@ -11,4 +11,6 @@ from tqdm.auto import tqdm
 def progress(total: int, desc: str, unit: str = "img") -> tqdm:
     """A bar that refreshes at most twice a second; off when SYNTHFACES_NO_PROGRESS is set."""
     disable = bool(os.environ.get("SYNTHFACES_NO_PROGRESS"))
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=0.5, dynamic_ncols=True, disable=disable)
+    return tqdm(
+        total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=0.5, dynamic_ncols=True, disable=disable
+    )

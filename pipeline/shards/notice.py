@@ -32,7 +32,9 @@ def encode_with_notice(array: np.ndarray, fmt: str, quality: int, text: str) -> 
     exif[EXIF_IMAGE_DESCRIPTION] = text
     buf = io.BytesIO()
     if fmt == "jpg":
-        image.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, exif=exif, xmp=XMP_PACKET)
+        image.save(
+            buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, exif=exif, xmp=XMP_PACKET
+        )
     elif fmt == "webp":
         image.save(buf, format="WEBP", quality=quality, method=4, exif=exif, xmp=XMP_PACKET)
     elif fmt == "png":

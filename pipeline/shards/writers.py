@@ -38,18 +38,21 @@ class WebDatasetWriter:
     def write(self, path: Path, samples: list[dict[str, Any]], image_ext: str) -> None:
         import webdataset as wds
 
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            with wds.TarWriter(fh, encoder=False, mtime=FIXED_MTIME, user="synthfaces", group="synthfaces") as tar:
-                for s in samples:
-                    record = {
-                        "__key__": s["key"],
-                        image_ext: s["image"],
-                        "cls": str(s["class"]).encode(),
-                        "json": json.dumps(s["meta"], sort_keys=True).encode(),
-                    }
-                    if s.get("full") is not None:
-                        record[f"full.{image_ext}"] = s["full"]
-                    tar.write(record)
+        with (
+            atomic_path(path) as tmp,
+            open(tmp, "wb") as fh,
+            wds.TarWriter(fh, encoder=False, mtime=FIXED_MTIME, user="synthfaces", group="synthfaces") as tar,
+        ):
+            for s in samples:
+                record = {
+                    "__key__": s["key"],
+                    image_ext: s["image"],
+                    "cls": str(s["class"]).encode(),
+                    "json": json.dumps(s["meta"], sort_keys=True).encode(),
+                }
+                if s.get("full") is not None:
+                    record[f"full.{image_ext}"] = s["full"]
+                tar.write(record)
 
 
 class HuggingFaceParquetWriter:
@@ -93,7 +96,13 @@ class HuggingFaceParquetWriter:
 def _value_feature(arrow_type: pa.DataType) -> dict[str, Any]:
     if pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
         return {"feature": _value_feature(arrow_type.value_type), "_type": "Sequence"}
-    names = {pa.float32(): "float32", pa.float64(): "float64", pa.int64(): "int64", pa.string(): "string", pa.bool_(): "bool"}
+    names = {
+        pa.float32(): "float32",
+        pa.float64(): "float64",
+        pa.int64(): "int64",
+        pa.string(): "string",
+        pa.bool_(): "bool",
+    }
     return {"dtype": names.get(arrow_type, str(arrow_type)), "_type": "Value"}
 
 

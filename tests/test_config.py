@@ -1,0 +1,164 @@
+"""Params validation: every problem is one line naming its key path; presets merge under params.yaml."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, deep_merge, load_params, validate_params
+
+from .conftest import REPO
+
+
+def problems(raw: dict) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        validate_params(raw)
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"identities": {"count": -5}}, "identities.count: must be > 0, got -5"),
+        ({"identities": {"count": "many"}}, "identities.count: "),
+        ({"identities": {"cuont": 5}}, "identities.cuont: unknown key (did you mean 'count'?)"),
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"filter": {"min_det_prob": 1.5}}, "filter.min_det_prob: must be <= 1.0, got 1.5"),
+        ({"filter": {"brightness": [0.9, 0.1]}}, "filter.brightness: must be [low, high] with low < high"),
+        ({"generator": {"model": "stylegan9"}}, "generator.model: unknown generator 'stylegan9' (available:"),
+        ({"generator": {"noise_mode": "loud"}}, "generator.noise_mode: "),
+        ({"runtime": {"executor": "slurm"}}, "runtime.executor: unknown executor 'slurm'"),
+        ({"runtime": {"batch_size": 0}}, "runtime.batch_size: "),
+        ({"export": {"formats": []}}, "export.formats: "),
+        ({"export": {"formats": ["parquet", "parquet"]}}, "export.formats: must not repeat a format"),
+        (
+            {"variation": {"mix_start": 4, "mix_stop": 2}},
+            "variation.mix_stop: must be > variation.mix_start (4), got 2",
+        ),
+        ({"dedup": {"max_identity_similarity": 2}}, "dedup.max_identity_similarity: must be <= 1.0, got 2"),
+        (
+            {"identities": {"count": 10}, "dataset": {"identities": 20}},
+            "dataset.identities: must be <= identities.count (10), got 20",
+        ),
+        ({"seed": -1}, "seed: must be >= 0, got -1"),
+    ],
+)
+def test_bad_value_names_key_path(raw: dict, expected: str) -> None:
+    lines = problems(raw)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(expected), lines
+
+
+def test_every_problem_reported_at_once() -> None:
+    lines = problems({"identities": {"count": 0, "shard_size": -1}, "filter": {"max_faces": 0}})
+    assert [line.split(":")[0] for line in lines] == ["filter.max_faces", "identities.count", "identities.shard_size"]
+
+
+def test_union_errors_collapse_to_one_line() -> None:
+    lines = problems({"runtime": {"batch_size": "huge"}})
+    assert len(lines) == 1 and lines[0].startswith("runtime.batch_size: ") and lines[0].endswith("got 'huge'")
+
+
+def test_deep_merge_overrides_leaves_and_keeps_siblings() -> None:
+    merged = deep_merge({"a": {"x": 1, "y": 2}, "b": [1, 2]}, {"a": {"y": 3}, "b": [9]})
+    assert merged == {"a": {"x": 1, "y": 3}, "b": [9]}
+
+
+def test_params_override_preset(tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "tiny.yaml").write_text(
+        yaml.safe_dump({"identities": {"count": 40, "shard_size": 8}, "dataset": {"identities": 4}})
+    )
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"preset": "tiny", "identities": {"count": 30}, "filter": {}}))
+    params = load_params(params_file, configs)
+    assert params.identities.count == 30  # params.yaml wins
+    assert params.identities.shard_size == 8  # preset value kept
+    assert params.dataset.identities == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("preset: nope\n", "preset: unknown preset 'nope' (available: smoke"),
+        ("identities: {count: [\n", "params.yaml: invalid YAML at line"),
+        ("- a\n- b\n", "params.yaml: must be a mapping of sections, got list"),
+    ],
+)
+def test_params_file_errors(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(path).endswith("params.yaml")
+    assert info.value.problems[0].replace(str(path), "params.yaml").startswith(expected)
+
+
+def test_repo_params_are_valid() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.preset == "smoke" and params.generator.model == "smoke"
+
+
+def test_variants_per_identity_rounds_up() -> None:
+    params = validate_params(
+        {"identities": {"images_per_identity": 6, "oversample": 1.3}, "dataset": {"images_per_identity": 4}}
+    )
+    assert params.identities.variants_per_identity == 8
+
+
+def test_stage_rejects_bad_params_with_status_2_and_writes_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("preset: smoke\nidentities: {count: -5}\nfilter: {min_det_prob: 7}\n")
+    out = tmp_path / "out.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.filter", "--params", str(bad), "--candidates", str(tmp_path), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: filter.min_det_prob: must be <= 1.0, got 7",
+        "error: identities.count: must be > 0, got -5",
+    ]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def _leaves(model: type, prefix: str = "") -> set[str]:
+    from pydantic import BaseModel
+
+    keys = set()
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys |= _leaves(ann, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+def test_params_yaml_lists_every_knob() -> None:
+    """`dvc exp run -S a.b=v` only sets keys already in params.yaml: every schema leaf must be there."""
+    from pipeline.config import Params
+
+    def flatten(d: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, v in d.items():
+            out |= flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+        return out
+
+    assert flatten(yaml.safe_load((REPO / "params.yaml").read_text())) == _leaves(Params)
+
+
+def test_null_means_inherit_from_preset(tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "p.yaml").write_text(yaml.safe_dump({"identities": {"count": 40}, "dataset": {"identities": 4}}))
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("preset: p\nidentities: {count: null, shard_size: null}\n")
+    params = load_params(params_file, configs)
+    assert params.identities.count == 40 and params.identities.shard_size == 256

@@ -1,0 +1,130 @@
+"""Candidate shards: byte-identical for the same params, resumable, corruption detected, writes atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.faces.quality import QUALITY_COLUMNS
+from pipeline.generate import run_generate, shard_fingerprint
+from pipeline.shards.candidates import ShardSpec, plan_shards, read_candidates, shard_problem
+from pipeline.shards.io import atomic_path, remove_stale_temporaries
+
+from .conftest import small_params
+
+
+def test_plan_covers_identities_once() -> None:
+    specs = plan_shards(10, 4)
+    assert specs == [ShardSpec(0, 0, 4), ShardSpec(1, 4, 8), ShardSpec(2, 8, 10)]
+    assert [s.name for s in specs] == ["shard-000000", "shard-000001", "shard-000002"]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cand")
+    run_generate(small_params(), out)
+    return out
+
+
+def test_rows_follow_the_candidate_contract(generated: Path) -> None:
+    table = read_candidates(generated)
+    params = small_params()
+    assert table.num_rows == params.identities.count * params.identities.variants_per_identity
+    df = table.to_pandas()
+    assert list(df["key"][:2]) == ["000000000_000", "000000000_001"]
+    assert df["identity"].tolist() == sorted(df["identity"].tolist())
+    assert table.schema.field("embedding").type.list_size == 512
+    assert table.schema.field("box").type.list_size == 4 and table.schema.field("landmarks").type.list_size == 10
+    emb = np.stack(df["embedding"].to_numpy()).astype(np.float32)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=2e-3)
+    assert set(QUALITY_COLUMNS) <= set(df.columns) and "attr_smoke_hair" in df.columns
+    assert (df["det_prob"] > 0.9).mean() >= 0.4
+    assert df["image"].map(lambda b: b[:2] == b"\xff\xd8").all()  # JPEG
+    assert df["aligned"].map(lambda b: b[:4] == b"\x89PNG").all()
+    manifest = json.loads((generated / "manifest.json").read_text())
+    assert manifest["embedder_weights"] == "none" and manifest["rows"] == table.num_rows
+    assert manifest["generator"]["label"].startswith("smoke-test generator")
+
+
+def test_same_params_give_byte_identical_shards(generated: Path, tmp_path: Path) -> None:
+    run_generate(small_params(), tmp_path)
+    for a in sorted(generated.glob("shard-*.parquet")):
+        assert a.read_bytes() == (tmp_path / a.name).read_bytes(), a.name
+
+
+def test_rerun_skips_finished_shards(generated: Path, tmp_path: Path) -> None:
+    for f in generated.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*.parquet")}
+    run_generate(small_params(), tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*.parquet")} == before
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "delete_marker"])
+def test_damaged_shard_is_detected_and_recomputed(generated: Path, tmp_path: Path, damage: str, face_pass) -> None:
+    for f in generated.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    victim = tmp_path / "shard-000001.parquet"
+    data = bytearray(victim.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+        victim.write_bytes(bytes(data))
+    elif damage == "truncate":
+        victim.write_bytes(bytes(data[:-100]))
+    elif damage == "empty":
+        victim.write_bytes(b"")
+    else:
+        (tmp_path / "shard-000001.json").unlink()
+    params = small_params()
+    fingerprint = shard_fingerprint(params, face_pass)
+    assert shard_problem(tmp_path, plan_shards(6, 3)[1], fingerprint) is not None
+    assert shard_problem(tmp_path, plan_shards(6, 3)[0], fingerprint) is None
+    run_generate(params, tmp_path)
+    assert victim.read_bytes() == (generated / "shard-000001.parquet").read_bytes()
+
+
+def test_changed_shaping_param_recomputes_and_count_change_only_adds(generated: Path, tmp_path: Path) -> None:
+    for f in generated.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    first = (tmp_path / "shard-000000.parquet").read_bytes()
+    run_generate(small_params(identities={"count": 9}), tmp_path)
+    assert (tmp_path / "shard-000000.parquet").read_bytes() == first  # untouched
+    assert (tmp_path / "shard-000002.parquet").is_file()
+    run_generate(small_params(identities={"count": 3}), tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("shard-*.parquet")) == ["shard-000000.parquet"]
+    run_generate(small_params(generator={"truncation_psi": 0.5}, identities={"count": 3}), tmp_path)
+    assert (tmp_path / "shard-000000.parquet").read_bytes() != first
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    with pytest.raises(OSError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_replaces_only_when_complete(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+        assert target.read_bytes() == b"old"
+    assert target.read_bytes() == b"new"
+
+
+def test_stale_temporaries_are_cleaned(tmp_path: Path) -> None:
+    (tmp_path / f".shard-000000.parquet.tmp-{os.getpid() + 1}").write_bytes(b"x")
+    (tmp_path / "keep.parquet").write_bytes(b"y")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.parquet"]
+
+
+def test_parquet_is_readable_column_by_column(generated: Path) -> None:
+    table = pq.read_table(generated / "shard-000000.parquet", columns=["key", "det_prob"])
+    assert table.column_names == ["key", "det_prob"]

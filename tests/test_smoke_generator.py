@@ -1,0 +1,57 @@
+"""The smoke-test generator: the generator contract, truncation, known attributes, and MTCNN detects it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.faces.detect import MTCNNDetector
+from pipeline.generators import GENERATORS, load_generator
+from pipeline.generators.smoke import LABEL
+from pipeline.identities.sampling import make_ws
+
+from .conftest import small_params
+
+
+def test_contract_attributes_and_shapes() -> None:
+    g = load_generator("smoke", resolution=64)
+    assert (g.z_dim, g.c_dim, g.num_ws, g.img_resolution, g.img_channels) == (16, 0, 2, 64, 3)
+    z = torch.randn(3, g.z_dim)
+    ws = g.mapping(z)
+    assert ws.shape == (3, g.num_ws, g.w_dim)
+    img = g.synthesis(ws)
+    assert img.shape == (3, 3, 64, 64) and img.min() >= -1 and img.max() <= 1
+    assert torch.equal(g(z), img)
+    assert "smoke-test" in g.label == LABEL
+    assert "smoke" in GENERATORS.names()
+
+
+def test_truncation_pulls_toward_w_avg() -> None:
+    g = load_generator("smoke")
+    z = torch.randn(4, g.z_dim)
+    assert torch.allclose(g.mapping(z, truncation_psi=0.5), 0.5 * g.mapping(z))
+    cut = g.mapping(z, truncation_psi=0.0, truncation_cutoff=1)
+    assert torch.all(cut[:, 0] == 0) and torch.equal(cut[:, 1], g.mapping(z)[:, 1])
+
+
+def test_mtcnn_detects_most_smoke_faces() -> None:
+    params = small_params()
+    g = load_generator("smoke", resolution=128)
+    ids = np.arange(40)
+    ws = make_ws(g, params, ids, np.zeros_like(ids), torch.device("cpu"))
+    pixels = ((g.synthesis(ws) * 127.5 + 128).clamp(0, 255).to(torch.uint8)).permute(0, 2, 3, 1)
+    det = MTCNNDetector(128, min_face_size=20)(pixels)
+    assert (det.probs > 0.9).mean() >= 0.4
+
+
+def test_true_attributes_follow_the_identity_layer() -> None:
+    params = small_params()
+    g = load_generator("smoke")
+    ids = np.repeat(np.arange(20), 3)
+    ws = make_ws(g, params, ids, np.tile(np.arange(3), 20), torch.device("cpu"))
+    attrs = g.true_attributes(ws)
+    hair = attrs["attr_smoke_hair"].reshape(20, 3)
+    assert (hair == hair[:, :1]).all()  # identity-level: same for every variant
+    yaw = attrs["attr_smoke_yaw"].reshape(20, 3)
+    assert (np.abs(yaw[:, 1:] - yaw[:, :1]) > 1e-3).all()  # sample-level: varies
+    assert set(attrs["attr_smoke_skin"]) <= {"light", "medium", "dark"}
