@@ -31,9 +31,9 @@ class ConfigError(Exception):
 
 
 class Section(BaseModel):
-    """A params section: strict types, unknown keys rejected, immutable once loaded."""
+    """A params section: values coerced to their types (YAML lists to tuples), unknown keys rejected, immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
 def _registered(kind: str, name: str) -> str:

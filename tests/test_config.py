@@ -162,3 +162,9 @@ def test_null_means_inherit_from_preset(tmp_path: Path) -> None:
     params_file.write_text("preset: p\nidentities: {count: null, shard_size: null}\n")
     params = load_params(params_file, configs)
     assert params.identities.count == 40 and params.identities.shard_size == 256
+
+
+def test_yaml_lists_become_tuples_and_numbers_coerce() -> None:
+    params = validate_params({"detect": {"thresholds": [0.5, 0.6, 0.7]}, "filter": {"brightness": [0.1, 0.8], "max_faces": 2.0}})
+    assert params.detect.thresholds == (0.5, 0.6, 0.7)
+    assert params.filter.brightness == (0.1, 0.8) and params.filter.max_faces == 2
