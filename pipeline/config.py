@@ -41,8 +41,14 @@ def _registered(kind: str, name: str) -> str:
     from pipeline.registry import UnknownNameError
 
     if kind == "generator":
-        from pipeline.generators import GENERATORS as registry
-    elif kind == "detector":
+        from pipeline.generators import is_known_source, known_sources
+
+        if not is_known_source(name):
+            raise ValueError(
+                f"unknown generator {name!r} (available: {', '.join(known_sources())}, or a .pkl/.pt path)"
+            )
+        return name
+    if kind == "detector":
         from pipeline.faces.detect import DETECTORS as registry
     elif kind == "embedder":
         from pipeline.faces.embed import EMBEDDERS as registry
@@ -110,6 +116,7 @@ class EmbedParams(Section):
     model: str = "inception_resnet_v1"
     weights: Literal["vggface2", "casia-webface"] = "vggface2"
     input_size: Annotated[int, Field(ge=80, le=320)] = 160
+    allow_random: bool = False
 
     _known = field_validator("model")(lambda cls, v: _registered("embedder", v))
 

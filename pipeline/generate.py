@@ -83,12 +83,20 @@ def encode(array: np.ndarray, fmt: str, quality: int = 95) -> bytes:
 class FacePass:
     """The models for one device, and the pass that turns (identity, variant) pairs into candidate columns."""
 
-    def __init__(self, params: Params, device: torch.device, weights_dir: Path | None = None):
+    def __init__(
+        self, params: Params, device: torch.device, weights_dir: Path | None = None, lock_path: Path | None = None
+    ):
         self.params = params
         self.device = device
         self.precision = effective_precision(params.runtime, device)
         self.batch_size = batch_size(params.runtime, device)
-        self.generator = load_generator(params.generator.model, device, resolution=params.generator.resolution)
+        self.generator = load_generator(
+            params.generator.model,
+            device,
+            resolution=params.generator.resolution,
+            weights_dir=weights_dir,
+            lock_path=lock_path,
+        )
         problems = check_variation(self.generator, params)
         if problems:
             raise ConfigError(problems)
@@ -101,8 +109,9 @@ class FacePass:
         self.template = alignment.template(params.align.size, params.align.margin).to(device)
         e = params.embed
         self.embedder = EMBEDDERS.create(
-            e.model, weights=e.weights, weights_dir=weights_dir, input_size=e.input_size, device=device
-        )
+            e.model, weights=e.weights, weights_dir=weights_dir, input_size=e.input_size, device=device,
+            allow_random=e.allow_random, lock_path=lock_path,
+        )  # fmt: skip
         if self.embedder.needs_calibration:
             self._calibrate()
 
@@ -132,9 +141,14 @@ class FacePass:
         aligned, _ = self._align(pixels, det)
         self.embedder.calibrate(aligned[torch.from_numpy(det.found).to(self.device)])
 
-    def _synthesize(self, ws: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), autocast(self.precision, self.device):
-            images = self.generator.synthesis(ws, noise_mode=self.params.generator.noise_mode)
+    def _synthesize(self, ws: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
+        """fp32: every layer in fp32; fp16: the network's own fp16 layers (NVIDIA's mixed precision); bf16: autocast."""
+        mode = self.params.generator.noise_mode
+        kwargs: dict[str, Any] = {"noise_mode": mode, "force_fp32": self.precision != "fp16"}
+        if mode == "random" and seeds is not None:  # per-sample noise from the sample's own seed
+            kwargs["noise_generators"] = [torch.Generator().manual_seed(s) for s in seeds]
+        with torch.no_grad(), autocast("bf16" if self.precision == "bf16" else "fp32", self.device):
+            images = self.generator.synthesis(ws, **kwargs)
         return images.float()
 
     def _align(self, pixels: torch.Tensor, det: Any) -> tuple[torch.Tensor, np.ndarray]:
@@ -152,7 +166,8 @@ class FacePass:
     def __call__(self, identities: np.ndarray, variants: np.ndarray) -> dict[str, Any]:
         """Candidate columns for one batch of (identity, variant) pairs."""
         ws = make_ws(self.generator, self.params, identities, variants, self.device)
-        raw = self._synthesize(ws)
+        seeds = [sample_seed(self.params.seed, int(i), int(v)) for i, v in zip(identities, variants, strict=True)]
+        raw = self._synthesize(ws, seeds)
         finite = torch.isfinite(raw).flatten(1).all(1)
         pixels = to_uint8(torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0)).permute(0, 2, 3, 1)
         det = self.detector(pixels)
@@ -163,14 +178,11 @@ class FacePass:
         scores |= geometry_scores(det, (h, w)) | pixel_scores(crops)
         pixels_np = pixels.cpu().numpy()
         crops_np = (crops * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        seed = self.params.seed
         columns: dict[str, Any] = {
             "key": [sample_key(int(i), int(v)) for i, v in zip(identities, variants, strict=True)],
             "identity": identities.astype(np.int64),
             "variant": variants.astype(np.int16),
-            "seed": np.array(
-                [sample_seed(seed, int(i), int(v)) for i, v in zip(identities, variants, strict=True)], np.int64
-            ),
+            "seed": np.array(seeds, np.int64),
             "psi": np.full(len(identities), self.params.generator.truncation_psi, np.float32),
             "det_prob": det.probs,
             "n_faces": det.n_faces,
@@ -231,7 +243,9 @@ def shard_fingerprint(params: Params, face_pass: FacePass) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def run_generate(params: Params, out_dir: Path, weights_dir: Path | None = None) -> dict[str, Any]:
+def run_generate(
+    params: Params, out_dir: Path, weights_dir: Path | None = None, lock_path: Path | None = None
+) -> dict[str, Any]:
     """Compute every missing or invalid shard, then write the candidate manifest; returns it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if removed := remove_stale_temporaries(out_dir):
@@ -239,7 +253,7 @@ def run_generate(params: Params, out_dir: Path, weights_dir: Path | None = None)
     devices = resolve_devices(params.runtime)
     if params.runtime.threads:
         torch.set_num_threads(params.runtime.threads)
-    first = FacePass(params, devices[0], weights_dir)
+    first = FacePass(params, devices[0], weights_dir, lock_path)
     fingerprint = shard_fingerprint(params, first)
     specs = plan_shards(params.identities.count, params.identities.shard_size)
     _remove_unplanned(out_dir, {s.name for s in specs})
@@ -255,7 +269,7 @@ def run_generate(params: Params, out_dir: Path, weights_dir: Path | None = None)
     bar = progress(sum(s.stop - s.start for s in todo) * per_identity, "generate")
 
     def make_worker(device: torch.device) -> Callable[[ShardSpec], dict]:
-        face_pass = first if device == first.device else FacePass(params, device, weights_dir)
+        face_pass = first if device == first.device else FacePass(params, device, weights_dir, lock_path)
 
         def work(spec: ShardSpec) -> dict:
             table = face_pass.shard_table(spec, fingerprint, bar.update)

@@ -14,7 +14,7 @@ log = logging.getLogger("stages.generate")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    manifest = run_generate(params, Path(args.out), Path(args.weights))
+    manifest = run_generate(params, Path(args.out), Path(args.weights), Path(args.lock))
     log.info("generate: %d candidates in %d shards -> %s", manifest["rows"], len(manifest["shards"]), args.out)
 
 
@@ -22,6 +22,7 @@ def parser() -> argparse.ArgumentParser:
     p = stage_parser(__doc__)
     p.add_argument("--out", default="data/candidates", help="candidate shard folder")
     p.add_argument("--weights", default="weights", help="folder of fetched weights")
+    p.add_argument("--lock", default="weights.lock.json", help="sha256 lock of the weights")
     return p
 
 

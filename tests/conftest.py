@@ -24,6 +24,7 @@ def small_params(**overrides: Any) -> Params:
         "identities": {"count": 6, "images_per_identity": 4, "oversample": 1.0, "shard_size": 3},
         "variation": {"mix_start": 1},
         "detect": {"min_face_size": 20},
+        "embed": {"allow_random": True},
         "dataset": {"identities": 2, "images_per_identity": 2},
         "runtime": {"precision": "fp32", "batch_size": 8},
     }

@@ -85,7 +85,7 @@ def test_params_override_preset(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("preset: nope\n", "preset: unknown preset 'nope' (available: smoke"),
+        ("preset: nope\n", "preset: unknown preset 'nope' (available: ffhq1024-sg3, ffhq256, smoke)"),
         ("identities: {count: [\n", "params.yaml: invalid YAML at line"),
         ("- a\n- b\n", "params.yaml: must be a mapping of sections, got list"),
     ],
@@ -101,7 +101,8 @@ def test_params_file_errors(tmp_path: Path, text: str, expected: str) -> None:
 
 def test_repo_params_are_valid() -> None:
     params = load_params(REPO / "params.yaml")
-    assert params.preset == "smoke" and params.generator.model == "smoke"
+    assert params.preset == "ffhq256" and params.generator.model == "stylegan2-ffhq-256x256"
+    assert params.embed.allow_random is False  # production never silently uses random embeddings
 
 
 def test_variants_per_identity_rounds_up() -> None:
@@ -165,6 +166,8 @@ def test_null_means_inherit_from_preset(tmp_path: Path) -> None:
 
 
 def test_yaml_lists_become_tuples_and_numbers_coerce() -> None:
-    params = validate_params({"detect": {"thresholds": [0.5, 0.6, 0.7]}, "filter": {"brightness": [0.1, 0.8], "max_faces": 2.0}})
+    params = validate_params(
+        {"detect": {"thresholds": [0.5, 0.6, 0.7]}, "filter": {"brightness": [0.1, 0.8], "max_faces": 2.0}}
+    )
     assert params.detect.thresholds == (0.5, 0.6, 0.7)
     assert params.filter.brightness == (0.1, 0.8) and params.filter.max_faces == 2

@@ -35,7 +35,7 @@ def run(cmd: list[str], cwd: Path, timeout: int = 400) -> str:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A fresh copy of the repository (tracked and unignored files only) after one `dvc repro`."""
+    """A fresh copy of the repository (tracked and unignored files only) after `dvc exp run -S preset=smoke`."""
     repo = tmp_path_factory.mktemp("e2e") / "repo"
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
@@ -47,7 +47,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "copy"], repo)
-    return repo, run([sys.executable, "-m", "dvc", "repro"], repo)
+    return repo, run([sys.executable, "-m", "dvc", "exp", "run", "-S", "preset=smoke"], repo)
 
 
 def test_dataset_reads_back_consistently(built: tuple[Path, str]) -> None:

@@ -46,6 +46,8 @@ class InceptionResnetEmbedder:
         weights_dir: Path | None = None,
         input_size: int = 160,
         device: str | torch.device = "cpu",
+        allow_random: bool = True,
+        lock_path: Path | None = None,
     ):
         from facenet_pytorch import InceptionResnetV1
 
@@ -55,6 +57,15 @@ class InceptionResnetEmbedder:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             net = InceptionResnetV1(pretrained=None, classify=False, num_classes=CHECKPOINTS[weights][1])
+        if checkpoint is None and not allow_random:
+            from pipeline.weights import EMBEDDER_WEIGHTS, WEIGHTS, WeightsError
+
+            spec = WEIGHTS[EMBEDDER_WEIGHTS[weights]]
+            raise WeightsError(
+                f"embed.weights: {spec.file} not found in {weights_dir or 'weights'}/ or $TORCH_HOME/checkpoints; "
+                f"fetch it with `uv run dvc repro weights` ({spec.url}), "
+                "or set embed.allow_random: true for a smoke run"
+            )
         if checkpoint is None:
             log.warning(
                 "embedder: no %s checkpoint in weights/ or $TORCH_HOME/checkpoints; using RANDOM weights "
@@ -63,6 +74,9 @@ class InceptionResnetEmbedder:
             )
             self.weights_name = "none"
         else:
+            from pipeline.weights import DEFAULT_LOCK, WeightsLock, verify
+
+            verify(checkpoint, WeightsLock(lock_path or DEFAULT_LOCK))
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
             net.load_state_dict(state)
             self.weights_name = checkpoint.name

@@ -1,13 +1,23 @@
-"""Generators behind one registry: `load_generator(source, device)` (DESIGN §5)."""
+"""Generators behind one registry: `load_generator(source, device)` and `load_discriminator` (DESIGN §5).
+
+`source` is a registered name (`smoke`), a known weights name (`stylegan2-ffhq-256x256`, read from
+the weights folder and checked against the sha256 lock), or a path to an NVIDIA `.pkl` or one of
+our `.pt` checkpoints.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from torch import nn
 
 from pipeline.generators.base import Generator
-from pipeline.registry import Registry
+from pipeline.registry import Registry, UnknownNameError
 
 GENERATORS: Registry[Generator] = Registry("generator")
+DEFAULT_WEIGHTS_DIR = Path("weights")
+PICKLE_SUFFIXES = (".pkl", ".pt")
 
 
 @GENERATORS.register("smoke")
@@ -17,10 +27,76 @@ def _smoke(resolution: int | None = None) -> Generator:
     return SmokeGenerator(resolution or 128)
 
 
-def load_generator(source: str, device: str | torch.device = "cpu", resolution: int | None = None) -> Generator:
+def is_known_source(source: str) -> bool:
+    """A name we can build or fetch, or a path that looks like a network file (existence checked on load)."""
+    from pipeline.weights import WEIGHTS
+
+    spec = WEIGHTS.get(source)
+    return source in GENERATORS or (spec is not None and spec.kind == "generator") or source.endswith(PICKLE_SUFFIXES)
+
+
+def known_sources() -> list[str]:
+    from pipeline.weights import WEIGHTS
+
+    return GENERATORS.names() + sorted(n for n, s in WEIGHTS.items() if s.kind == "generator")
+
+
+def _resolve_file(source: str, weights_dir: Path | None, lock_path: Path | None) -> tuple[Path, str, str, str]:
+    """(path, sha256, label, license) of a weights name or a file path, verified against the lock."""
+    from pipeline.weights import DEFAULT_LOCK, NVIDIA_LICENSE, WEIGHTS, WeightsError, WeightsLock, verify
+
+    lock = WeightsLock(lock_path or DEFAULT_LOCK)
+    spec = WEIGHTS.get(source)
+    if spec is not None:
+        path = (weights_dir or DEFAULT_WEIGHTS_DIR) / spec.file
+        if not path.is_file():
+            raise WeightsError(
+                f"generator.model: {path} not found; fetch it with `uv run dvc repro weights` (downloads {spec.url}), "
+                "or run offline with `uv run dvc exp run -S preset=smoke`"
+            )
+        return path, verify(path, lock), f"{spec.name} (NVIDIA pretrained)", spec.license
+    path = Path(source)
+    if not path.is_file():
+        raise WeightsError(f"generator.model: file {path} not found")
+    return path, verify(path, lock), path.name, f"as distributed with {path.name} (NVIDIA pickles: {NVIDIA_LICENSE})"
+
+
+def _load_file(source: str, key: str, weights_dir: Path | None, lock_path: Path | None) -> nn.Module:
+    from pipeline.generators.checkpoint import load_networks
+
+    path, digest, label, license_text = _resolve_file(source, weights_dir, lock_path)
+    networks = load_networks(path)
+    if key not in networks:
+        raise UnknownNameError(f"{path} holds no {key} network (it has {sorted(networks)})")
+    module = networks[key]
+    module.sha256, module.label, module.license = digest, label, license_text
+    return module
+
+
+def load_generator(
+    source: str,
+    device: str | torch.device = "cpu",
+    resolution: int | None = None,
+    weights_dir: Path | None = None,
+    lock_path: Path | None = None,
+) -> Generator:
     """Build the generator `source` names, in eval mode on `device`."""
-    generator = GENERATORS.create(source, resolution=resolution)
+    if source in GENERATORS:
+        generator = GENERATORS.create(source, resolution=resolution)
+    elif is_known_source(source):
+        generator = _load_file(source, "G_ema", weights_dir, lock_path)
+    else:
+        raise UnknownNameError(
+            f"unknown generator {source!r} (available: {', '.join(known_sources())}, or a .pkl/.pt path)"
+        )
     return generator.eval().requires_grad_(False).to(device)
 
 
-__all__ = ["GENERATORS", "Generator", "load_generator"]
+def load_discriminator(
+    source: str, device: str | torch.device = "cpu", weights_dir: Path | None = None, lock_path: Path | None = None
+) -> nn.Module:
+    """The StyleGAN2 discriminator a network pickle carries: D(img, c) -> logits [N, 1]."""
+    return _load_file(source, "D", weights_dir, lock_path).to(device)
+
+
+__all__ = ["GENERATORS", "Generator", "load_discriminator", "load_generator"]

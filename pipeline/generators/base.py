@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 
 class Generator(nn.Module):
-    """z -> ws -> image, with NVIDIA's attribute names and call semantics."""
+    """z -> ws -> image, with NVIDIA's attribute names and call semantics.
+
+    Every backend provides `mapping(z, c=None, truncation_psi=1, truncation_cutoff=None)` returning
+    ws [N, num_ws, w_dim] and `synthesis(ws, noise_mode="const", **kwargs)` returning images
+    [N, img_channels, H, W] in about [-1, 1], either as methods or (StyleGAN) as submodules named
+    `mapping` and `synthesis`, which is why this base class does not define them.
+    """
 
     z_dim: int
     c_dim: int
@@ -25,18 +33,6 @@ class Generator(nn.Module):
     #: sha256 of the weights file (or of a version tag for weightless generators): `model_sha256`.
     sha256: str = ""
 
-    def mapping(
-        self,
-        z: torch.Tensor,
-        c: torch.Tensor | None = None,
-        truncation_psi: float = 1.0,
-        truncation_cutoff: int | None = None,
-    ) -> torch.Tensor:
-        raise NotImplementedError
-
-    def synthesis(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
-        raise NotImplementedError
-
     def forward(
         self,
         z: torch.Tensor,
@@ -44,21 +40,11 @@ class Generator(nn.Module):
         truncation_psi: float = 1.0,
         truncation_cutoff: int | None = None,
         noise_mode: str = "const",
+        **synthesis_kwargs: Any,
     ) -> torch.Tensor:
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        return self.synthesis(ws, noise_mode=noise_mode)
+        return self.synthesis(ws, noise_mode=noise_mode, **synthesis_kwargs)
 
     def true_attributes(self, ws: torch.Tensor) -> dict[str, np.ndarray]:
         """Attributes known by construction (only a parametric generator has them)."""
         return {}
-
-
-def truncate(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | None) -> torch.Tensor:
-    """Pull ws toward w_avg by psi, on the first `cutoff` layers only when cutoff is set."""
-    if psi == 1.0:
-        return ws
-    if cutoff is None:
-        return w_avg.lerp(ws, psi)
-    ws = ws.clone()
-    ws[:, :cutoff] = w_avg.lerp(ws[:, :cutoff], psi)
-    return ws

@@ -16,7 +16,8 @@ import math
 import numpy as np
 import torch
 
-from pipeline.generators.base import Generator, truncate
+from pipeline.generators.base import Generator
+from pipeline.generators.layers import truncate_ws
 
 LABEL = "smoke-test generator (parametric renderer, not a face model)"
 
@@ -72,7 +73,7 @@ class SmokeGenerator(Generator):
 
     def mapping(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None):
         ws = z.to(torch.float32).unsqueeze(1).repeat(1, self.num_ws, 1)
-        return truncate(ws, self.w_avg, truncation_psi, truncation_cutoff)
+        return truncate_ws(ws, self.w_avg, truncation_psi, truncation_cutoff)
 
     def _params(self, ws: torch.Tensor) -> dict[str, torch.Tensor]:
         u = 0.5 * (1.0 + torch.erf(ws.to(torch.float32) / math.sqrt(2.0)))  # N(0,1) -> U(0,1)
@@ -93,7 +94,7 @@ class SmokeGenerator(Generator):
             "attr_smoke_roll": p["roll"].astype(np.float32),
         }
 
-    def synthesis(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+    def synthesis(self, ws: torch.Tensor, noise_mode: str = "const", **_: object) -> torch.Tensor:
         p = self._params(ws)
         img = _render(p, self.img_resolution, ws.device)
         return img * 2.0 - 1.0
