@@ -251,9 +251,10 @@ def test_mapping_matches_a_numpy_computation() -> None:
     np.testing.assert_allclose(cut[:, 3:], np.repeat(x[:, None], net.num_ws - 3, 1), atol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("up", [1, 2])
 @pytest.mark.parametrize("demodulate", [True, False])
-def test_modulated_conv_matches_per_sample_convolution(up: int, demodulate: bool) -> None:
+def test_modulated_conv_matches_per_sample_convolution(up: int, demodulate: bool, fused: bool) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 8, 8, generator=g, dtype=torch.float64)
     weight = torch.randn(4, 5, 3, 3, generator=g, dtype=torch.float64)

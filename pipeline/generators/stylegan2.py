@@ -101,19 +101,35 @@ def modulated_conv2d(
     resample_filter: torch.Tensor | None = None,
     demodulate: bool = True,
     flip_weight: bool = True,
+    fused: bool | None = None,
 ) -> torch.Tensor:
-    """Per-sample modulated (and demodulated) convolution, computed by scaling activations around one
-    shared convolution: mathematically the grouped per-sample-weight convolution, without building
-    one weight tensor per sample."""
+    """Per-sample modulated (and demodulated) convolution.
+
+    fused: one grouped convolution with per-sample weights (NVIDIA's inference path, chosen by
+    default for fp32 or batch 1); otherwise the activations are scaled before and after one shared
+    convolution (their fp16 path). Both compute the same function.
+    """
     batch = x.shape[0]
     _, in_channels, kh, kw = weight.shape
+    if fused is None:
+        fused = x.dtype == torch.float32 or batch == 1
     if x.dtype == torch.float16 and demodulate:  # pre-normalise to avoid fp16 overflow
         weight = weight * (1 / np.sqrt(in_channels * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
-    dcoefs = None
-    if demodulate:
+    w = dcoefs = None
+    if demodulate or fused:
         w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)
+    if demodulate:
         dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+    if fused:
+        if demodulate:
+            w = w * dcoefs.reshape(batch, -1, 1, 1, 1)
+        x = x.reshape(1, -1, *x.shape[2:])
+        w = w.reshape(-1, in_channels, kh, kw)
+        x = conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, down=down, padding=padding,
+                            groups=batch, flip_weight=flip_weight)  # fmt: skip
+        x = x.reshape(batch, -1, *x.shape[2:])
+        return x.add_(noise) if noise is not None else x
     x = x * styles.to(x.dtype).reshape(batch, -1, 1, 1)
     x = conv2d_resample(
         x, weight.to(x.dtype), f=resample_filter, up=up, down=down, padding=padding, flip_weight=flip_weight
