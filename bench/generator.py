@@ -29,7 +29,9 @@ CONFIGS = {
     # StyleGAN2 FFHQ 256 (the released stylegan2-ffhq-256x256 configuration)
     "stylegan2": lambda res: StyleGAN2Generator(
         z_dim=512, c_dim=0, w_dim=512, img_resolution=res, img_channels=3, mapping_kwargs={"num_layers": 8},
-        synthesis_kwargs={"channel_base": 16384 if res <= 256 else 32768, "channel_max": 512, "num_fp16_res": 4, "conv_clamp": 256},
+        synthesis_kwargs={
+            "channel_base": 16384 if res <= 256 else 32768, "channel_max": 512, "num_fp16_res": 4, "conv_clamp": 256,
+        },
     ),
     "stylegan3-t": lambda res: StyleGAN3Generator(
         z_dim=512, c_dim=0, w_dim=512, img_resolution=res, img_channels=3, mapping_kwargs={"num_layers": 2},
@@ -104,8 +106,9 @@ def main() -> None:
     images = args.images or (256 if device.type == "cuda" else 16)
     torch.manual_seed(0)
     G = CONFIGS[args.arch](args.resolution).eval().requires_grad_(False).to(device)
-    print(f"{args.arch} {args.resolution}px random weights, {sum(p.numel() for p in G.parameters()) / 1e6:.1f}M params, "
-          f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")  # fmt: skip
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    params_m = sum(p.numel() for p in G.parameters()) / 1e6
+    print(f"{args.arch} {args.resolution}px random weights, {params_m:.1f}M params, device {device} ({where})")
     with tempfile.TemporaryDirectory() as tmp:
         base = naive(G, device, args.naive_images or images, Path(tmp))
     print(f"naive loop (batch 1, PNG per image): {base:8.2f} img/s")
@@ -118,7 +121,8 @@ def main() -> None:
             print(f"{precision:>9} {batch:>5} {rate:9.2f} {rate / base:8.2f}")
     best = max(results["ours"], key=lambda r: r["img_s"])
     print(
-        f"best: {best['precision']} batch {best['batch']}: {best['img_s']:.2f} img/s = {best['ratio']:.2f}x the naive loop"
+        f"best: {best['precision']} batch {best['batch']}: {best['img_s']:.2f} img/s "
+        f"= {best['ratio']:.2f}x the naive loop"
     )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -67,6 +67,7 @@ class GeneratorParams(Section):
     truncation_cutoff: PositiveInt | None = None
     noise_mode: Literal["const", "none", "random"] = "const"
     resolution: Annotated[int, Field(ge=64, le=1024)] | None = None
+    disc_score: bool = True
 
     _known = field_validator("model")(lambda cls, v: _registered("generator", v))
 
@@ -117,6 +118,7 @@ class EmbedParams(Section):
     weights: Literal["vggface2", "casia-webface"] = "vggface2"
     input_size: Annotated[int, Field(ge=80, le=320)] = 160
     allow_random: bool = False
+    serfiq_passes: Annotated[int, Field(ge=0, le=1000)] = 100
 
     _known = field_validator("model")(lambda cls, v: _registered("embedder", v))
 
@@ -130,6 +132,8 @@ class FilterParams(Section):
     min_sharpness: Annotated[float, Field(ge=0.0)] = 0.0
     brightness: tuple[Probability, Probability] = (0.15, 0.9)
     max_clipped: Probability = 0.25
+    min_serfiq: Probability = 0.0
+    min_disc_logit: float | None = None
 
     @field_validator("brightness")
     @classmethod
@@ -179,6 +183,7 @@ class RuntimeParams(Section):
     batch_size: PositiveInt | Literal["auto"] = "auto"
     precision: Literal["fp32", "fp16", "bf16"] = "bf16"
     threads: PositiveInt | None = None
+    compile: bool = False
 
     _known = field_validator("executor")(lambda cls, v: _registered("executor", v))
 

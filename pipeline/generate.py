@@ -15,12 +15,10 @@ import torch
 from PIL import Image
 
 from pipeline.config import ConfigError, Params
-from pipeline.faces import align as alignment
-from pipeline.faces.detect import DETECTORS
-from pipeline.faces.embed import EMBEDDERS
-from pipeline.faces.quality import geometry_scores, pixel_scores
-from pipeline.generators import load_generator
+from pipeline.faces.analyze import FaceAnalyzer
+from pipeline.generators import GENERATORS, load_discriminator, load_generator
 from pipeline.identities.sampling import check_variation, make_ws, sample_seed
+from pipeline.registry import UnknownNameError
 from pipeline.runtime.device import autocast, batch_size, effective_precision, resolve_devices
 from pipeline.runtime.executors import EXECUTORS
 from pipeline.runtime.progress import progress
@@ -90,30 +88,31 @@ class FacePass:
         self.device = device
         self.precision = effective_precision(params.runtime, device)
         self.batch_size = batch_size(params.runtime, device)
+        g = params.generator
         self.generator = load_generator(
-            params.generator.model,
-            device,
-            resolution=params.generator.resolution,
-            weights_dir=weights_dir,
-            lock_path=lock_path,
+            g.model, device, resolution=g.resolution, weights_dir=weights_dir, lock_path=lock_path
         )
         problems = check_variation(self.generator, params)
         if problems:
             raise ConfigError(problems)
-        res = self.generator.img_resolution
-        d = params.detect
-        self.detector = DETECTORS.create(
-            d.model, image_size=res, device=device, min_face_size=d.min_face_size,
-            thresholds=d.thresholds, factor=d.factor, count_min_prob=d.count_min_prob,
-        )  # fmt: skip
-        self.template = alignment.template(params.align.size, params.align.margin).to(device)
-        e = params.embed
-        self.embedder = EMBEDDERS.create(
-            e.model, weights=e.weights, weights_dir=weights_dir, input_size=e.input_size, device=device,
-            allow_random=e.allow_random, lock_path=lock_path,
-        )  # fmt: skip
-        if self.embedder.needs_calibration:
+        self.discriminator = self._discriminator(weights_dir, lock_path) if g.disc_score else None
+        self.faces = FaceAnalyzer(params, device, self.generator.img_resolution, weights_dir, lock_path)
+        if params.runtime.compile:
+            self.generator.synthesis = torch.compile(self.generator.synthesis)
+        if self.faces.needs_calibration:
             self._calibrate()
+
+    def _discriminator(self, weights_dir: Path | None, lock_path: Path | None) -> torch.nn.Module | None:
+        """The pickle's D with minibatch-std over groups of one, so each sample's score is its own."""
+        if self.params.generator.model in GENERATORS:
+            return None
+        try:
+            disc = load_discriminator(self.params.generator.model, self.device, weights_dir, lock_path)
+        except UnknownNameError:
+            log.info("generator has no discriminator: q_disc stays empty")
+            return None
+        disc.b4.mbstd.group_size = 1
+        return disc
 
     @property
     def info(self) -> dict[str, Any]:
@@ -128,7 +127,7 @@ class FacePass:
                 "resolution": g.img_resolution,
                 "num_ws": g.num_ws,
             },
-            "embedder_weights": self.embedder.weights_name,
+            "embedder_weights": self.faces.embedder.weights_name,
             "precision": self.precision,
         }
 
@@ -136,10 +135,7 @@ class FacePass:
         ids = np.arange(CALIBRATION_SAMPLES, dtype=np.int64)
         calib = self.params.model_copy(update={"seed": CALIBRATION_SEED})
         ws = make_ws(self.generator, calib, ids, np.zeros_like(ids), self.device)
-        pixels = to_uint8(self._synthesize(ws)).permute(0, 2, 3, 1)
-        det = self.detector(pixels)
-        aligned, _ = self._align(pixels, det)
-        self.embedder.calibrate(aligned[torch.from_numpy(det.found).to(self.device)])
+        self.faces.calibrate(to_uint8(self._synthesize(ws)).permute(0, 2, 3, 1))
 
     def _synthesize(self, ws: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
         """fp32: every layer in fp32; fp16: the network's own fp16 layers (NVIDIA's mixed precision); bf16: autocast."""
@@ -151,17 +147,11 @@ class FacePass:
             images = self.generator.synthesis(ws, **kwargs)
         return images.float()
 
-    def _align(self, pixels: torch.Tensor, det: Any) -> tuple[torch.Tensor, np.ndarray]:
-        """Aligned crops [B, 3, S, S] in [0, 1] quantised to 8 bits (what is stored is what is embedded)."""
-        landmarks = torch.from_numpy(det.landmarks).to(self.device)
-        m, residual = alignment.umeyama(landmarks, self.template)
-        found = torch.from_numpy(det.found).to(self.device)
-        m = torch.where(found[:, None, None], m, _centre_crop(pixels.shape[1:3], self.params.align.size, self.device))
-        images = pixels.permute(0, 3, 1, 2).float() / 255.0
-        crops = alignment.warp(images, m, self.params.align.size)
-        crops = (crops * 255.0).round().clamp(0, 255) / 255.0
-        residual = torch.where(found, residual / self.params.align.size, torch.ones_like(residual))
-        return crops, residual.cpu().numpy()
+    def _disc_scores(self, images: torch.Tensor) -> np.ndarray:
+        if self.discriminator is None:
+            return np.full(len(images), np.nan, np.float32)
+        with torch.no_grad():
+            return self.discriminator(images, None, force_fp32=True).float().flatten().cpu().numpy()
 
     def __call__(self, identities: np.ndarray, variants: np.ndarray) -> dict[str, Any]:
         """Candidate columns for one batch of (identity, variant) pairs."""
@@ -169,32 +159,22 @@ class FacePass:
         seeds = [sample_seed(self.params.seed, int(i), int(v)) for i, v in zip(identities, variants, strict=True)]
         raw = self._synthesize(ws, seeds)
         finite = torch.isfinite(raw).flatten(1).all(1)
-        pixels = to_uint8(torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0)).permute(0, 2, 3, 1)
-        det = self.detector(pixels)
-        crops, residual = self._align(pixels, det)
-        embeddings = self.embedder(crops).cpu().numpy().astype(np.float16)
-        h, w = pixels.shape[1:3]
-        scores = {"q_finite": finite.cpu().numpy().astype(np.float32), "q_align_residual": residual}
-        scores |= geometry_scores(det, (h, w)) | pixel_scores(crops)
-        pixels_np = pixels.cpu().numpy()
-        crops_np = (crops * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        columns: dict[str, Any] = {
+        clean = torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0)
+        pixels = to_uint8(clean).permute(0, 2, 3, 1)
+        faces = self.faces(pixels, seeds)
+        return {
             "key": [sample_key(int(i), int(v)) for i, v in zip(identities, variants, strict=True)],
             "identity": identities.astype(np.int64),
             "variant": variants.astype(np.int16),
             "seed": np.array(seeds, np.int64),
             "psi": np.full(len(identities), self.params.generator.truncation_psi, np.float32),
-            "det_prob": det.probs,
-            "n_faces": det.n_faces,
-            "box": list(det.boxes),
-            "landmarks": list(det.landmarks.reshape(-1, 10)),
-            "embedding": list(embeddings),
-            **scores,
+            **faces.columns,
+            "q_finite": finite.cpu().numpy().astype(np.float32),
+            "q_disc": self._disc_scores(clean),
             **self.generator.true_attributes(ws),
-            "image": [encode(a, "jpg", 95) for a in pixels_np],
-            "aligned": [encode(a, "png") for a in crops_np],
+            "image": [encode(a, "jpg", 95) for a in pixels.cpu().numpy()],
+            "aligned": [encode(a, "png") for a in faces.crops],
         }
-        return columns
 
     def shard_table(self, spec: ShardSpec, fingerprint: str, on_batch: Callable[[int], None]) -> pa.Table:
         """All candidates of one shard as an Arrow table with the candidate schema."""
@@ -224,19 +204,12 @@ def _attribute_field(name: str, values: Any) -> pa.Field:
     return pa.field(name, pa.string() if arr.dtype.kind in "OUS" else pa.float32())
 
 
-def _centre_crop(image_hw: torch.Size, size: int, device: torch.device) -> torch.Tensor:
-    """Affine for a faceless image: scale the whole frame into the crop (so the crop is still an image)."""
-    h, w = int(image_hw[0]), int(image_hw[1])
-    s = size / max(h, w)
-    return torch.tensor([[s, 0.0, (size - s * w) / 2], [0.0, s, (size - s * h) / 2]], device=device)
-
-
 def shard_fingerprint(params: Params, face_pass: FacePass) -> str:
     """What a shard's bytes depend on besides its identity range: params, weights, precision, code."""
     parts = [
         params.section_fingerprint(*SHAPING_SECTIONS),
         face_pass.generator.sha256,
-        face_pass.embedder.weights_name,
+        face_pass.faces.embedder.weights_name,
         face_pass.precision,
         code_fingerprint(),
     ]

@@ -9,21 +9,26 @@ from pathlib import Path
 from pipeline.cli import run_stage, stage_parser
 from pipeline.config import Params
 from pipeline.curation import read_curation
-from pipeline.report.metrics import build_metrics, write_reason_plot
-from pipeline.shards.candidates import MANIFEST
+from pipeline.faces.quality import QUALITY_COLUMNS
+from pipeline.report.metrics import build_metrics, write_quality_histograms, write_reason_plot
+from pipeline.shards.candidates import MANIFEST, read_candidates
 from pipeline.shards.io import write_json_atomic
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
+    filtered = read_curation(args.filter)
     metrics = build_metrics(
         json.loads((Path(args.candidates) / MANIFEST).read_text()),
-        read_curation(args.filter),
+        filtered,
         read_curation(args.dedup),
         read_curation(args.selection),
         json.loads((Path(args.dataset) / "manifest.json").read_text()),
     )
     write_json_atomic(args.metrics, metrics)
     write_reason_plot(metrics, Path(args.plots) / "rejections.csv")
+    scores = read_candidates(args.candidates, ["key", *QUALITY_COLUMNS]).to_pandas()
+    kept = scores["key"].map(filtered.set_index("key")["keep"]).fillna(False).astype(bool)
+    write_quality_histograms(scores, kept, Path(args.plots) / "quality")
 
 
 def parser() -> argparse.ArgumentParser:

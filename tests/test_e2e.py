@@ -89,6 +89,13 @@ def test_dataset_reads_back_consistently(built: tuple[Path, str]) -> None:
     assert sum(metrics["balance"]["reasons"].values()) + metrics["balance"]["kept"] == cand["rows"]
 
 
+def test_plots_render(built: tuple[Path, str]) -> None:
+    repo, _ = built
+    run([sys.executable, "-m", "dvc", "plots", "show", "-o", "plots-html"], repo)
+    html = (repo / "plots-html" / "index.html").read_text()
+    assert "rejections.csv" in html and "q_sharpness.csv" in html
+
+
 def test_second_repro_is_up_to_date(built: tuple[Path, str]) -> None:
     repo, _ = built
     out = run([sys.executable, "-m", "dvc", "repro"], repo)

@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +20,11 @@ CHECKPOINTS = {
     "casia-webface": ("20180408-102900-casia-webface.pt", 10575),
 }
 RANDOM_INIT_SEED = 0
+#: InceptionResnetV1's layers up to the pooled features, in forward order.
+BACKBONE = (
+    "conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a", "conv2d_4b",
+    "repeat_1", "mixed_6a", "repeat_2", "mixed_7a", "repeat_3", "block8", "avgpool_1a",
+)  # fmt: skip
 
 
 def find_checkpoint(weights: str, weights_dir: Path | None) -> Path | None:
@@ -88,9 +94,10 @@ class InceptionResnetEmbedder:
         bn = self.net.last_bn
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over this one batch
+        features = self.features(aligned)
         bn.train()
         with torch.no_grad():
-            self.net(self.preprocess(aligned))
+            bn(self.net.last_linear(features))
         bn.eval()
         self.needs_calibration = False
 
@@ -101,10 +108,46 @@ class InceptionResnetEmbedder:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True)
         return (x * 255.0 - 127.5) / 128.0
 
+    def features(self, aligned: torch.Tensor) -> torch.Tensor:
+        """The backbone pass: pooled features [B, 1792] before dropout (the expensive part)."""
+        net = self.net
+        x = self.preprocess(aligned)
+        with torch.no_grad():
+            for name in BACKBONE:
+                x = getattr(net, name)(x)
+        return x.flatten(1)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Dropout (identity in eval) -> linear -> BatchNorm -> L2 normalisation: the embedding."""
+        with torch.no_grad():
+            return F.normalize(self.net.last_bn(self.net.last_linear(features)), p=2, dim=1)
+
     def __call__(self, aligned: torch.Tensor) -> torch.Tensor:
         """Unit-norm embeddings [B, 512] of aligned crops in [0, 1]."""
-        with torch.no_grad():
-            return self.net(self.preprocess(aligned))
+        return self.head(self.features(aligned))
+
+    def serfiq(self, features: torch.Tensor, passes: int, seeds: list[int], dropout: float | None = None) -> np.ndarray:
+        """SER-FIQ (Terhörst et al., CVPR 2020) from one backbone pass: `passes` stochastic dropout
+        heads per image; quality = 2 / (1 + exp(mean pairwise distance of the normalised embeddings)).
+
+        In (0, 1], 1 = perfectly stable (higher is better); exactly 1 when dropout is 0. Masks come
+        from each sample's seed, so a score does not depend on the batch.
+        """
+        p = self.net.dropout.p if dropout is None else dropout
+        b, d = features.shape
+        if passes < 2:
+            return np.ones(b, np.float32)
+        masks = torch.stack(
+            [
+                torch.bernoulli(torch.full((passes, d), 1.0 - p), generator=torch.Generator().manual_seed(s))
+                for s in seeds
+            ]
+        ).to(features.device)  # [B, m, D]
+        scaled = features.unsqueeze(1) * masks / max(1.0 - p, 1e-12)
+        emb = self.head(scaled.reshape(b * passes, d)).reshape(b, passes, -1)
+        dist = torch.cdist(emb, emb)  # [B, m, m]
+        mean = dist.sum((1, 2)) / (passes * (passes - 1))
+        return (2.0 / (1.0 + torch.exp(mean))).cpu().numpy().astype(np.float32)
 
 
 EMBEDDERS: Registry[InceptionResnetEmbedder] = Registry("embedder")

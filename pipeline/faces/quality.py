@@ -11,6 +11,9 @@ Meaning and direction of each column:
 - q_sharpness: variance of the Laplacian of the aligned crop's luminance, 0-255 scale (higher = sharper).
 - q_brightness: mean luminance of the crop's centre, 0-1.
 - q_clipped: fraction of the crop's centre that is black (<= 2) or blown out (>= 253).
+- q_serfiq: SER-FIQ quality in (0, 1], stability of the embedding under dropout (higher = better).
+- q_disc: the StyleGAN discriminator's realism logit (higher = more real); NaN without a discriminator.
+  Scored per sample (minibatch-std over a group of one) so it does not depend on the batch.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pipeline.faces.detect import Detections
 
 QUALITY_COLUMNS = (
     "q_finite", "q_face_fraction", "q_roll", "q_eye_distance", "q_nose_position",
-    "q_landmarks_inside", "q_align_residual", "q_sharpness", "q_brightness", "q_clipped",
+    "q_landmarks_inside", "q_align_residual", "q_sharpness", "q_brightness", "q_clipped", "q_serfiq", "q_disc",
 )  # fmt: skip
 
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)

@@ -1,0 +1,118 @@
+"""The face stack on real photographs that ship with scikit-image (the astronaut) and images made from
+it: detection, alignment, rejection reasons, roll; SER-FIQ properties that hold whatever the weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageFilter
+from skimage import data
+
+from pipeline.config import FilterParams
+from pipeline.faces.align import transform_points, umeyama
+from pipeline.faces.analyze import FaceAnalyzer
+from pipeline.faces.detect import MTCNNDetector
+from pipeline.filter import apply_filter
+
+from .conftest import small_params
+
+CPU = torch.device("cpu")
+FACE_CENTRE = (225, 115)
+
+
+def photos() -> dict[str, np.ndarray]:
+    astro = data.astronaut()
+    pil = Image.fromarray(astro)
+    face = astro[30:210, 140:310]
+    two = np.full_like(astro, 90)
+    two[150:330, 40:210] = face
+    two[150:330, 290:460] = face
+    return {
+        "astronaut": astro,
+        "two_faces": two,
+        "blank": np.full_like(astro, 128),
+        "noise": np.random.default_rng(0).integers(0, 256, astro.shape, dtype=np.uint8),
+        "blurred": np.asarray(pil.filter(ImageFilter.GaussianBlur(4))),
+        "rot+15": np.asarray(pil.rotate(15, center=FACE_CENTRE, resample=Image.BILINEAR)),
+        "rot-25": np.asarray(pil.rotate(-25, center=FACE_CENTRE, resample=Image.BILINEAR)),
+    }
+
+
+@pytest.fixture(scope="module")
+def analysed() -> pd.DataFrame:
+    images = photos()
+    analyzer = FaceAnalyzer(small_params(detect={"min_face_size": 40}, embed={"serfiq_passes": 8}), CPU, 512)
+    result = analyzer(torch.from_numpy(np.stack(list(images.values()))), list(range(len(images))))
+    cols = {k: v for k, v in result.columns.items() if k not in ("box", "landmarks", "embedding")}
+    df = pd.DataFrame(cols, index=list(images))
+    df["key"], df["identity"], df["variant"] = [f"{i:09d}_000" for i in range(len(df))], range(len(df)), 0
+    df["q_finite"], df["q_disc"] = 1.0, np.nan
+    return df
+
+
+def test_astronaut_detected_with_high_probability(analysed: pd.DataFrame) -> None:
+    assert analysed.loc["astronaut", "det_prob"] > 0.99
+    assert analysed.loc["astronaut", "n_faces"] == 1
+
+
+def test_rejections_carry_the_right_reason(analysed: pd.DataFrame) -> None:
+    params = FilterParams(min_det_prob=0.9, min_sharpness=50.0, max_roll_deg=45, min_face_fraction=0.02)
+    reasons = dict(zip(analysed.index, apply_filter(analysed, params)["reason"], strict=True))
+    assert reasons == {
+        "astronaut": "",
+        "two_faces": "multi_face",
+        "blank": "no_face",
+        "noise": "no_face",
+        "blurred": "blurry",
+        "rot+15": "",
+        "rot-25": "",
+    }
+
+
+def test_roll_follows_the_rotation(analysed: pd.DataFrame) -> None:
+    base = analysed.loc["astronaut", "q_roll"]
+    # PIL rotates counter-clockwise for positive angles; with y pointing down the eye line's angle drops.
+    assert analysed.loc["rot+15", "q_roll"] - base == pytest.approx(-15, abs=4)
+    assert analysed.loc["rot-25", "q_roll"] - base == pytest.approx(25, abs=4)
+
+
+def test_warped_landmarks_land_where_the_transform_puts_them() -> None:
+    """Landmarks re-detected in the warped crop are within 1.5 px RMS (112 px template units) of the
+    detected landmarks mapped by the fitted similarity: the pixel warp and the fit agree."""
+    size = 224
+    images = photos()
+    pixels = torch.from_numpy(np.stack([images["astronaut"], images["rot+15"], images["rot-25"]]))
+    analyzer = FaceAnalyzer(small_params(detect={"min_face_size": 40}, align={"size": size, "margin": 0.2}), CPU, 512)
+    det = analyzer.detector(pixels)
+    crops, _ = analyzer.align(pixels, det)
+    m, _ = umeyama(torch.from_numpy(det.landmarks), analyzer.template)
+    expected = transform_points(torch.from_numpy(det.landmarks), m)
+    again = MTCNNDetector(size, min_face_size=20)((crops * 255).round().to(torch.uint8).permute(0, 2, 3, 1))
+    rms = ((torch.from_numpy(again.landmarks) - expected) ** 2).sum(-1).mean(-1).sqrt() * (112 / size)
+    assert (again.probs > 0.99).all()
+    assert (rms < 1.5).all(), rms
+
+
+def test_serfiq_range_seeded_and_maximal_without_dropout() -> None:
+    analyzer = FaceAnalyzer(small_params(), CPU, 512)
+    crops = torch.rand(4, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    features = analyzer.embedder.features(crops)
+    q = analyzer.embedder.serfiq(features, 20, [1, 2, 3, 4])
+    assert ((q > 0) & (q <= 1)).all()
+    assert np.array_equal(q, analyzer.embedder.serfiq(features, 20, [1, 2, 3, 4]))  # reproducible
+    assert not np.array_equal(q, analyzer.embedder.serfiq(features, 20, [5, 6, 7, 8]))
+    assert np.array_equal(q[1:], analyzer.embedder.serfiq(features[1:], 20, [2, 3, 4]))  # batch-independent
+    np.testing.assert_array_equal(analyzer.embedder.serfiq(features, 20, [1, 2, 3, 4], dropout=0.0), 1.0)
+
+
+def test_serfiq_needs_one_backbone_pass_per_image() -> None:
+    analyzer = FaceAnalyzer(small_params(embed={"serfiq_passes": 50}), CPU, 512)
+    seen: list[int] = []
+    hook = analyzer.embedder.net.conv2d_1a.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    try:
+        analyzer(torch.from_numpy(np.stack([data.astronaut()] * 3)), [1, 2, 3])
+    finally:
+        hook.remove()
+    assert seen == [3]  # one backbone call over the 3 images, however many stochastic passes
