@@ -88,6 +88,8 @@ class VariationParams(Section):
     mix_start: Annotated[int, Field(ge=0)] = 8
     mix_stop: PositiveInt | None = None
     latent_jitter: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
+    translate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0
 
     @field_validator("mix_stop")
     @classmethod
@@ -147,7 +149,11 @@ class DedupParams(Section):
     max_identity_similarity: Cosine = 0.5
     min_sample_consistency: Cosine = 0.4
     max_sample_similarity: Cosine = 0.98
-    exact_search_max: PositiveInt = 200_000
+    reference: str | None = None
+    max_reference_similarity: Cosine = 0.3
+    exact_search_max: PositiveInt = 50_000
+    ivf_nlist: PositiveInt | None = None
+    ivf_nprobe: PositiveInt = 8
 
 
 class BalanceParams(Section):

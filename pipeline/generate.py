@@ -17,7 +17,7 @@ from PIL import Image
 from pipeline.config import ConfigError, Params
 from pipeline.faces.analyze import FaceAnalyzer
 from pipeline.generators import GENERATORS, load_discriminator, load_generator
-from pipeline.identities.sampling import check_variation, make_ws, sample_seed
+from pipeline.identities.sampling import check_variation, input_transforms, make_ws, sample_seed
 from pipeline.registry import UnknownNameError
 from pipeline.runtime.device import autocast, batch_size, effective_precision, resolve_devices
 from pipeline.runtime.executors import EXECUTORS
@@ -137,12 +137,16 @@ class FacePass:
         ws = make_ws(self.generator, calib, ids, np.zeros_like(ids), self.device)
         self.faces.calibrate(to_uint8(self._synthesize(ws)).permute(0, 2, 3, 1))
 
-    def _synthesize(self, ws: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
+    def _synthesize(
+        self, ws: torch.Tensor, seeds: list[int] | None = None, transforms: np.ndarray | None = None
+    ) -> torch.Tensor:
         """fp32: every layer in fp32; fp16: the network's own fp16 layers (NVIDIA's mixed precision); bf16: autocast."""
         mode = self.params.generator.noise_mode
         kwargs: dict[str, Any] = {"noise_mode": mode, "force_fp32": self.precision != "fp16"}
         if mode == "random" and seeds is not None:  # per-sample noise from the sample's own seed
             kwargs["noise_generators"] = [torch.Generator().manual_seed(s) for s in seeds]
+        if transforms is not None:
+            kwargs["input_transforms"] = torch.from_numpy(transforms).to(self.device, torch.float32)
         with torch.no_grad(), autocast("bf16" if self.precision == "bf16" else "fp32", self.device):
             images = self.generator.synthesis(ws, **kwargs)
         return images.float()
@@ -157,7 +161,7 @@ class FacePass:
         """Candidate columns for one batch of (identity, variant) pairs."""
         ws = make_ws(self.generator, self.params, identities, variants, self.device)
         seeds = [sample_seed(self.params.seed, int(i), int(v)) for i, v in zip(identities, variants, strict=True)]
-        raw = self._synthesize(ws, seeds)
+        raw = self._synthesize(ws, seeds, input_transforms(self.params, identities, variants))
         finite = torch.isfinite(raw).flatten(1).all(1)
         clean = torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0)
         pixels = to_uint8(clean).permute(0, 2, 3, 1)

@@ -6,11 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
+
 from pipeline.cli import run_stage, stage_parser
 from pipeline.config import Params
 from pipeline.curation import read_curation
 from pipeline.faces.quality import QUALITY_COLUMNS
-from pipeline.report.metrics import build_metrics, write_quality_histograms, write_reason_plot
+from pipeline.report.metrics import build_metrics, similarity_report, write_quality_histograms, write_reason_plot
 from pipeline.shards.candidates import MANIFEST, read_candidates
 from pipeline.shards.io import write_json_atomic
 
@@ -23,6 +26,12 @@ def main(args: argparse.Namespace, params: Params) -> None:
         read_curation(args.dedup),
         read_curation(args.selection),
         json.loads((Path(args.dataset) / "manifest.json").read_text()),
+    )
+    dataset = pq.read_table(Path(args.dataset) / "metadata.parquet", columns=["identity", "embedding"])
+    metrics["identity"] = similarity_report(
+        np.stack(dataset.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32),
+        dataset.column("identity").to_numpy(),
+        Path(args.plots),
     )
     write_json_atomic(args.metrics, metrics)
     write_reason_plot(metrics, Path(args.plots) / "rejections.csv")

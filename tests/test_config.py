@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, deep_merge, load_params, validate_params
 
@@ -171,3 +173,51 @@ def test_yaml_lists_become_tuples_and_numbers_coerce() -> None:
     )
     assert params.detect.thresholds == (0.5, 0.6, 0.7)
     assert params.filter.brightness == (0.1, 0.8) and params.filter.max_faces == 2
+
+
+_JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=4),
+    st.dictionaries(st.text(max_size=6), st.integers(), max_size=3),
+)
+
+
+def _paths(d: dict, prefix: tuple = ()) -> list[tuple]:
+    out = []
+    for k, v in d.items():
+        out.append((*prefix, k))
+        if isinstance(v, dict):
+            out += _paths(v, (*prefix, k))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_mutated_params_are_valid_or_name_their_key_path(data: st.DataObject) -> None:
+    """Any mutation of a valid config (types, ranges, unknown keys, nested nonsense) is either accepted
+    or rejected with ConfigError lines that each start with a key path; never another exception."""
+    from pipeline.config import Params
+
+    raw = Params().model_dump(mode="json")
+    raw["dataset"] = {"identities": 10, "images_per_identity": 2}
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(_paths(raw)))
+        target = raw
+        for part in path[:-1]:
+            target = target[part]
+        if data.draw(st.booleans()):
+            target[path[-1]] = data.draw(_JUNK)
+        else:
+            target[data.draw(st.text(min_size=1, max_size=8))] = data.draw(_JUNK)
+    try:
+        validate_params(raw)
+    except ConfigError as err:
+        assert err.problems
+        for line in err.problems:
+            head = line.split(":", 1)[0]
+            assert (head and " " not in head.strip()) or head == "(top level)", line
+            assert "Traceback" not in line

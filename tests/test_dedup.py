@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,3 +95,39 @@ def test_run_dedup_carries_earlier_rejections() -> None:
     dropped = set(out.loc[out["reason"] == "duplicate_identity", "identity"])
     assert dropped == {3} or dropped == {0}
     assert out["keep"].sum() == 12 - 1 - 3
+
+
+def test_reference_people_are_never_kept(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors, group = planted(4, [3, 3, 3, 3], seed=7, dim=512)
+    keys = [f"{i:09d}_{v:03d}" for i, v in zip(group, [0, 1, 2] * 4, strict=True)]
+    curation = pd.DataFrame({"key": keys, "identity": group, "variant": [0, 1, 2] * 4, "keep": True, "reason": ""})
+    candidates = pd.DataFrame({"key": keys, "embedding": list(vectors.astype(np.float16)), "det_prob": 0.99})
+    real = tmp_path / "real.parquet"
+    pq.write_table(pa.table({"embedding": [vectors[4].tolist(), normalise(np.ones(512)).tolist()]}), real)
+    params = DedupParams(min_sample_consistency=-1.0, max_sample_similarity=1.0, reference=str(real))
+    out = run_dedup(curation, candidates, params)
+    assert set(out.loc[out["reason"] == "matches_reference", "identity"]) == {1}  # vectors[4] is identity 1
+    assert out["keep"].sum() == 9
+
+
+def test_missing_reference_file_is_a_clear_error(tmp_path) -> None:
+    from pipeline.config import PipelineError
+    from pipeline.identities.dedup import load_reference
+
+    with pytest.raises(PipelineError, match=r"dedup.reference: .*nope.parquet not found"):
+        load_reference(tmp_path / "nope.parquet")
+
+
+def test_similarity_report_separates_planted_identities(tmp_path) -> None:
+    from pipeline.report.metrics import similarity_report
+
+    vectors, group = planted(50, [4] * 50, seed=2, dim=128)
+    stats = similarity_report(vectors, group, tmp_path)
+    assert stats["genuine_mean"] > 0.9 and abs(stats["impostor_mean"]) < 0.05
+    assert stats["eer"] < 0.01 and 0.1 < stats["eer_threshold"] < 0.99
+    table = pd.read_csv(tmp_path / "similarity.csv")
+    assert list(table.columns) == ["cosine", "genuine", "impostor"]
+    assert table["genuine"].sum() == pytest.approx(1) and table["impostor"].sum() == pytest.approx(1)

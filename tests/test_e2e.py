@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -33,10 +35,8 @@ def run(cmd: list[str], cwd: Path, timeout: int = 400) -> str:
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A fresh copy of the repository (tracked and unignored files only) after `dvc exp run -S preset=smoke`."""
-    repo = tmp_path_factory.mktemp("e2e") / "repo"
+def fresh_copy(repo: Path) -> Path:
+    """The repository's tracked and unignored files, committed in a new git repo at `repo`."""
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
@@ -47,6 +47,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "copy"], repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A fresh copy of the repository after `dvc exp run -S preset=smoke`."""
+    repo = fresh_copy(tmp_path_factory.mktemp("e2e") / "repo")
     return repo, run([sys.executable, "-m", "dvc", "exp", "run", "-S", "preset=smoke"], repo)
 
 
@@ -87,6 +94,10 @@ def test_dataset_reads_back_consistently(built: tuple[Path, str]) -> None:
     assert metrics["dataset"]["samples"] == len(meta)
     assert metrics["generate"]["candidates"] == cand["rows"]
     assert sum(metrics["balance"]["reasons"].values()) + metrics["balance"]["kept"] == cand["rows"]
+    assert 0 <= metrics["identity"]["eer"] <= 1  # genuine/impostor crossing of the dataset
+    assert (repo / "reports" / "plots" / "similarity.csv").is_file()
+    per_identity = meta.groupby("identity").size()
+    assert per_identity.between(4, cand["variants_per_identity"]).all()
 
 
 def test_plots_render(built: tuple[Path, str]) -> None:
@@ -100,6 +111,40 @@ def test_second_repro_is_up_to_date(built: tuple[Path, str]) -> None:
     repo, _ = built
     out = run([sys.executable, "-m", "dvc", "repro"], repo)
     assert "Data and pipelines are up to date" in out
+
+
+def test_kill_during_generate_then_repro_gives_the_same_bytes(built: tuple[Path, str], tmp_path: Path) -> None:
+    """kill -9 after the first candidate shard is done; `dvc repro` resumes and every output file's
+    sha256 equals the uninterrupted build's."""
+    reference, _ = built
+    repo = fresh_copy(tmp_path / "repo")
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("preset: ffhq256 ", "preset: smoke   ", 1))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "SYNTHFACES_NO_PROGRESS": "1"}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    first_marker = repo / "data" / "candidates" / "shard-000000.json"
+    deadline = time.monotonic() + 300
+    while not first_marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first_marker.exists() and not (repo / "data" / "candidates" / "manifest.json").exists()
+    finished = first_marker.stat().st_mtime_ns
+    out = run([sys.executable, "-m", "dvc", "repro"], repo)
+    assert "Running stage 'generate'" in out
+    assert first_marker.stat().st_mtime_ns == finished  # the finished shard was not recomputed
+    assert digests(repo) == digests(reference)
+
+
+def digests(repo: Path) -> dict[str, str]:
+    """sha256 of every candidate shard and dataset shard (the card and manifest also name the git commit)."""
+    dataset = repo / "data" / "dataset"
+    files = [*(repo / "data" / "candidates").glob("shard-*"), *dataset.rglob("*.tar"), *dataset.rglob("*.parquet")]
+    return {p.relative_to(repo).as_posix(): sha256_file(p) for p in sorted(files)}
 
 
 def test_filter_change_reruns_only_downstream(built: tuple[Path, str]) -> None:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -128,3 +129,26 @@ def test_stale_temporaries_are_cleaned(tmp_path: Path) -> None:
 def test_parquet_is_readable_column_by_column(generated: Path) -> None:
     table = pq.read_table(generated / "shard-000000.parquet", columns=["key", "det_prob"])
     assert table.column_names == ["key", "det_prob"]
+
+
+def test_non_finite_generator_output_is_rejected(face_pass, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from pipeline.config import FilterParams
+    from pipeline.filter import apply_filter
+
+    original = face_pass.generator.synthesis
+
+    def broken(ws, **kwargs):
+        img = original(ws, **kwargs)
+        img[1, 0, 5, 5] = float("nan")
+        img[2] = float("inf")
+        return img
+
+    monkeypatch.setattr(face_pass.generator, "synthesis", broken)
+    cols = face_pass(np.array([0, 0, 0, 0]), np.array([0, 1, 2, 3]))
+    assert cols["q_finite"].tolist() == [1.0, 0.0, 0.0, 1.0]
+    df = pd.DataFrame({k: v for k, v in cols.items() if k not in ("box", "landmarks", "embedding", "image", "aligned")})
+    reasons = apply_filter(df, FilterParams(min_det_prob=0.0, min_face_fraction=0.0))["reason"].tolist()
+    assert reasons[1] == reasons[2] == "non_finite"
+    assert torch.isfinite(torch.tensor(np.stack(cols["embedding"]).astype(np.float32))).all()

@@ -371,3 +371,20 @@ def test_cuda_matches_cpu(pickled, tmp_path: Path) -> None:
     ref = net(z, c, noise_mode="const", force_fp32=True)
     out = gpu(z.cuda(), None if c is None else c.cuda(), noise_mode="const", force_fp32=True).cpu()
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=0)
+
+
+def test_per_sample_input_transforms_equal_nvidias_shared_buffer() -> None:
+    """Each sample's transform gives what setting NVIDIA's `input.transform` buffer to it gives."""
+    from pipeline.generators.stylegan3 import make_transform
+
+    net = randomised(StyleGAN3Generator, SG3_T)
+    z, _ = inputs(net, n=2)
+    ws = net.mapping(z, None)
+    mats = [np.linalg.inv(make_transform((0.1, -0.05), 10.0)), np.linalg.inv(make_transform((-0.2, 0.0), -30.0))]
+    batch = net.synthesis(ws, input_transforms=torch.tensor(np.stack(mats), dtype=torch.float32), force_fp32=True)
+    for k, m in enumerate(mats):
+        net.synthesis.input.transform.copy_(torch.from_numpy(m))
+        single = net.synthesis(ws[k : k + 1], force_fp32=True)
+        torch.testing.assert_close(batch[k : k + 1], single, atol=1e-5, rtol=1e-5)
+    net.synthesis.input.transform.copy_(torch.eye(3))
+    assert not torch.allclose(batch[0], net.synthesis(ws[:1], force_fp32=True)[0], atol=1e-3)  # it moved

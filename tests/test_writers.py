@@ -71,3 +71,12 @@ def test_partition_respects_count_and_bytes() -> None:
     assert partition([60, 60, 60], 10, 100) == [slice(0, 1), slice(1, 2), slice(2, 3)]
     assert partition([500], 10, 100) == [slice(0, 1)]  # one oversized sample still gets a shard
     assert partition([], 10, 100) == []
+
+
+@pytest.mark.parametrize("key", ["../evil", "/abs/path", "a.b", "a/b", "", "x" * 200, "nul\x00"])
+def test_unsafe_keys_never_reach_a_tar(tmp_path: Path, key: str) -> None:
+    data = samples(1)
+    data[0]["key"] = key
+    with pytest.raises(ValueError, match="unsafe sample key"):
+        WRITERS.create("webdataset").write(tmp_path / "a.tar", data, "jpg")
+    assert not (tmp_path / "a.tar").exists()

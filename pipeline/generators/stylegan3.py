@@ -90,8 +90,9 @@ class SynthesisInput(nn.Module):
         self.register_buffer("freqs", freqs)
         self.register_buffer("phases", phases)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        transforms = self.transform.unsqueeze(0)
+    def forward(self, w: torch.Tensor, transforms: torch.Tensor | None = None) -> torch.Tensor:
+        """transforms: per-sample inverse transforms [N, 3, 3] of the image; default the `transform` buffer."""
+        transforms = self.transform.unsqueeze(0) if transforms is None else transforms.to(w.device, torch.float32)
         freqs = self.freqs.unsqueeze(0)
         phases = self.phases.unsqueeze(0)
         t = self.affine(w)  # (r_c, r_s, t_x, t_y)
@@ -277,9 +278,11 @@ class SynthesisNetwork(nn.Module):
             setattr(self, name, layer)
             self.layer_names.append(name)
 
-    def forward(self, ws: torch.Tensor, **layer_kwargs: Any) -> torch.Tensor:
+    def forward(
+        self, ws: torch.Tensor, input_transforms: torch.Tensor | None = None, **layer_kwargs: Any
+    ) -> torch.Tensor:
         ws = ws.to(torch.float32).unbind(dim=1)
-        x = self.input(ws[0])
+        x = self.input(ws[0], input_transforms)
         for name, w in zip(self.layer_names, ws[1:], strict=False):
             x = getattr(self, name)(x, w, **layer_kwargs)
         if self.output_scale != 1:
@@ -302,3 +305,12 @@ class StyleGAN3Generator(Generator):
         self.mapping = MappingNetwork(
             z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **(mapping_kwargs or {})
         )
+
+
+def make_transform(translate: tuple[float, float], angle_deg: float) -> np.ndarray:
+    """NVIDIA's image transform (rotation by `angle_deg`, then translation); the input layer takes its inverse."""
+    m = np.eye(3)
+    s, c = np.sin(np.radians(angle_deg)), np.cos(np.radians(angle_deg))
+    m[0] = [c, s, translate[0]]
+    m[1] = [-s, c, translate[1]]
+    return m

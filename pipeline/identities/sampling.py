@@ -56,10 +56,29 @@ def make_ws(
     return ws
 
 
+def input_transforms(params: Params, identities: np.ndarray, variants: np.ndarray) -> np.ndarray | None:
+    """Per-sample inverse input transforms [N, 3, 3] (StyleGAN3) for variants: a random translation in
+    [-translate, translate] per axis and rotation in [-rotate, rotate] degrees; identity for variant 0."""
+    from pipeline.generators.stylegan3 import make_transform
+
+    v = params.variation
+    if v.translate == 0 and v.rotate == 0:
+        return None
+    out = np.tile(np.eye(3), (len(identities), 1, 1))
+    for k, (i, var) in enumerate(zip(identities, variants, strict=True)):
+        if var > 0:
+            rng = np.random.default_rng([params.seed, int(i), int(var), 3])
+            tx, ty, angle = rng.uniform(-1, 1, 3) * [v.translate, v.translate, v.rotate]
+            out[k] = np.linalg.inv(make_transform((tx, ty), angle))
+    return out
+
+
 def check_variation(generator: Generator, params: Params) -> list[str]:
     """Problems with `variation` that need the model's layer count (reported like config errors)."""
     v, n = params.variation, generator.num_ws
     problems = []
+    if (v.translate or v.rotate) and getattr(generator, "family", "") != "stylegan3":
+        problems.append("variation.translate/rotate: need a StyleGAN3 generator (set them to 0)")
     if v.mix_start >= n:
         problems.append(f"variation.mix_start: must be < the generator's {n} layers, got {v.mix_start}")
     if v.mix_stop is not None and v.mix_stop > n:

@@ -68,3 +68,44 @@ def write_quality_histograms(candidates: pd.DataFrame, kept: pd.Series, folder: 
         write_bytes_atomic(folder / f"{column}.csv", frame.to_csv(index=False, float_format="%.6g").encode())
         written.append(column)
     return written
+
+
+def similarity_report(
+    embeddings: np.ndarray, identities: np.ndarray, folder: Path, max_impostor_pairs: int = 200_000, bins: int = 100
+) -> dict[str, float]:
+    """Genuine (same identity) vs. impostor (different identities) cosine histograms of the dataset
+    (`similarity.csv` for dvc plots) and the equal-error crossing: the threshold where the share of
+    impostor pairs above it equals the share of genuine pairs below it."""
+    from pipeline.identities.consistency import normalise
+
+    emb = normalise(embeddings)
+    order = np.argsort(identities, kind="stable")
+    emb, identities = emb[order], identities[order]
+    genuine = []
+    for group in np.split(np.arange(len(identities)), np.flatnonzero(np.diff(identities)) + 1):
+        if len(group) > 1:
+            sims = emb[group] @ emb[group].T
+            genuine.append(sims[np.triu_indices(len(group), 1)])
+    genuine_sims = np.concatenate(genuine) if genuine else np.zeros(0)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, len(emb), max_impostor_pairs)
+    b = rng.integers(0, len(emb), max_impostor_pairs)
+    different = identities[a] != identities[b]
+    impostor_sims = np.einsum("ij,ij->i", emb[a[different]], emb[b[different]])
+    edges = np.linspace(-1, 1, bins + 1)
+    g_hist = np.histogram(genuine_sims, edges)[0] / max(len(genuine_sims), 1)
+    i_hist = np.histogram(impostor_sims, edges)[0] / max(len(impostor_sims), 1)
+    frame = pd.DataFrame({"cosine": (edges[:-1] + edges[1:]) / 2, "genuine": g_hist, "impostor": i_hist})
+    write_bytes_atomic(folder / "similarity.csv", frame.to_csv(index=False, float_format="%.6g").encode())
+    if not len(genuine_sims) or not len(impostor_sims):
+        return {}
+    thresholds = np.linspace(-1, 1, 2001)
+    far = (impostor_sims[None, :] > thresholds[:, None]).mean(1)
+    frr = (genuine_sims[None, :] <= thresholds[:, None]).mean(1)
+    k = int(np.argmin(np.abs(far - frr)))
+    return {
+        "genuine_mean": float(genuine_sims.mean()),
+        "impostor_mean": float(impostor_sims.mean()),
+        "eer": float((far[k] + frr[k]) / 2),
+        "eer_threshold": float(thresholds[k]),
+    }

@@ -8,6 +8,7 @@ renames, with fixed member metadata so identical input gives identical bytes.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +21,14 @@ from pipeline.shards.io import atomic_path
 #: Parquet row groups of about this many bytes stream well (what `datasets` targets for images).
 ROW_GROUP_BYTES = 100 << 20
 FIXED_MTIME = 0.0
+#: A WebDataset key is the member name up to the first dot: no dots, no slashes, nothing relative.
+SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def check_key(key: str) -> str:
+    if not SAFE_KEY.fullmatch(key):
+        raise ValueError(f"unsafe sample key {key!r}: keys are letters, digits, '_' and '-' only")
+    return key
 
 
 class ShardWriter(Protocol):
@@ -45,7 +54,7 @@ class WebDatasetWriter:
         ):
             for s in samples:
                 record = {
-                    "__key__": s["key"],
+                    "__key__": check_key(s["key"]),
                     image_ext: s["image"],
                     "cls": str(s["class"]).encode(),
                     "json": json.dumps(s["meta"], sort_keys=True).encode(),
