@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -287,6 +288,12 @@ def _read_yaml(path: Path, label: str) -> dict[str, Any]:
     return data
 
 
+def _key(part: Any) -> str:
+    """A key path component; anything but a plain name or index is quoted so the path stays unambiguous."""
+    text = str(part)
+    return text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*|\d+", text) else repr(text)
+
+
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> tuple[str, str, str]:
     """(key path, what is wrong, ', got ...' suffix) for one pydantic error."""
     loc = [str(p) for p in error["loc"]]
@@ -296,7 +303,7 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> tuple[str, str, 
         valid = _valid_keys(model, loc[:-1])
         close = difflib.get_close_matches(loc[-1], valid, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})"
-        return ".".join(loc), f"unknown key{hint}", ""
+        return ".".join(map(_key, loc)), f"unknown key{hint}", ""
     if kind == "value_error" and isinstance(ctx.get("error"), _CrossFieldError):
         cross = ctx["error"]
         return cross.path, str(cross), ""
@@ -309,7 +316,7 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> tuple[str, str, 
     else:
         message = error["msg"][0].lower() + error["msg"][1:]
     suffix = "" if kind in ("missing", "value_error") else f", got {error.get('input')!r}"
-    return ".".join(_collapse_union(loc)) or "(top level)", message, suffix
+    return ".".join(map(_key, _collapse_union(loc))) or "(top level)", message, suffix
 
 
 def _collapse_union(loc: list[str]) -> list[str]:

@@ -141,6 +141,9 @@ def run_export(params: Params, candidates_dir: Path, selection_path: Path, out_d
     metadata = ordered.sort_values("key", kind="stable").reset_index(drop=True)
     metadata["shard"] = metadata["key"].map(shard_of)
     table = pa.Table.from_pandas(metadata, preserve_index=False)
+    table = table.cast(
+        pa.schema([f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema])
+    )
     with atomic_path(out_dir / "metadata.parquet") as tmp:
         pq.write_table(table, tmp, compression="zstd")
     files.append({"path": "metadata.parquet", "samples": len(metadata)})

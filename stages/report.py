@@ -1,4 +1,4 @@
-"""DVC stage report: metrics.json (counts per stage and reason) and plot data."""
+"""DVC stage report: metrics.json (counts per stage and reason, identity separation), plot data, pictures."""
 
 from __future__ import annotations
 
@@ -7,24 +7,30 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.cli import run_stage, stage_parser
+from pipeline.commands import main as synthfaces_command
 from pipeline.config import Params
 from pipeline.curation import read_curation
 from pipeline.faces.quality import QUALITY_COLUMNS
+from pipeline.report.contact_sheet import contact_sheet, rejected_rows, sheet_bytes
 from pipeline.report.metrics import build_metrics, similarity_report, write_quality_histograms, write_reason_plot
 from pipeline.shards.candidates import MANIFEST, read_candidates
-from pipeline.shards.io import write_json_atomic
+from pipeline.shards.io import write_bytes_atomic, write_json_atomic
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
     filtered = read_curation(args.filter)
+    selection = read_curation(args.selection)
     metrics = build_metrics(
         json.loads((Path(args.candidates) / MANIFEST).read_text()),
         filtered,
         read_curation(args.dedup),
-        read_curation(args.selection),
+        selection,
         json.loads((Path(args.dataset) / "manifest.json").read_text()),
     )
     dataset = pq.read_table(Path(args.dataset) / "metadata.parquet", columns=["identity", "embedding"])
@@ -38,6 +44,18 @@ def main(args: argparse.Namespace, params: Params) -> None:
     scores = read_candidates(args.candidates, ["key", *QUALITY_COLUMNS]).to_pandas()
     kept = scores["key"].map(filtered.set_index("key")["keep"]).fillna(False).astype(bool)
     write_quality_histograms(scores, kept, Path(args.plots) / "quality")
+    write_pictures(selection, Path(args.candidates), Path(args.dataset), Path(args.pictures))
+
+
+def write_pictures(selection: pd.DataFrame, candidates: Path, dataset: Path, folder: Path, per_reason: int = 8) -> None:
+    """rejected.jpg (examples per rejection reason) and contact_sheet.jpg (first classes x their samples)."""
+    wanted = sorted(selection.loc[~selection["keep"]].sort_values("key").groupby("reason")["key"].head(per_reason))
+    table = read_candidates(candidates, ["key", "image"])
+    table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(wanted, pa.string())))
+    images = dict(zip(table.column("key").to_pylist(), table.column("image").to_pylist(), strict=True))
+    sheet = contact_sheet(rejected_rows(selection, images, per_reason), columns=per_reason)
+    write_bytes_atomic(folder / "rejected.jpg", sheet_bytes(sheet))
+    synthfaces_command(["preview", str(dataset), "--out", str(folder / "contact_sheet.jpg")])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="data/dataset")
     p.add_argument("--metrics", default="reports/metrics.json")
     p.add_argument("--plots", default="reports/plots")
+    p.add_argument("--pictures", default="reports", help="folder for contact_sheet.jpg and rejected.jpg")
     return p
 
 

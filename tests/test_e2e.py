@@ -96,6 +96,8 @@ def test_dataset_reads_back_consistently(built: tuple[Path, str]) -> None:
     assert sum(metrics["balance"]["reasons"].values()) + metrics["balance"]["kept"] == cand["rows"]
     assert 0 <= metrics["identity"]["eer"] <= 1  # genuine/impostor crossing of the dataset
     assert (repo / "reports" / "plots" / "similarity.csv").is_file()
+    for picture in ("contact_sheet.jpg", "rejected.jpg"):
+        assert (repo / "reports" / picture).read_bytes()[:2] == b"\xff\xd8"
     per_identity = meta.groupby("identity").size()
     assert per_identity.between(4, cand["variants_per_identity"]).all()
 

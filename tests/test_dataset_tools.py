@@ -1,0 +1,80 @@
+"""What users do with an exported dataset: stream it into PyTorch, open it with Hugging Face `datasets`,
+and inspect / verify / preview it with the `synthfaces` command."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.commands import main
+from pipeline.data import make_dataset, make_loader, shard_urls
+
+
+def labels(dataset: Path) -> dict[str, int]:
+    meta = pq.read_table(dataset / "metadata.parquet", columns=["key", "class"])
+    return dict(zip(meta.column("key").to_pylist(), meta.column("class").to_pylist(), strict=True))
+
+
+def test_loader_yields_the_right_labels(exported_dataset: Path) -> None:
+    seen = {key: cls for _, cls, key in make_dataset(shard_urls(exported_dataset), shuffle=0, with_keys=True)}
+    assert seen == labels(exported_dataset)
+    batches = list(make_loader(exported_dataset, batch_size=4, workers=0))
+    images = torch.cat([b[0] for b in batches])
+    assert images.shape == (6, 3, 112, 112) and images.min() >= 0 and images.max() <= 1
+    assert sorted(torch.cat([torch.as_tensor(b[1]) for b in batches]).tolist()) == sorted(
+        labels(exported_dataset).values()
+    )
+
+
+def test_huggingface_datasets_reads_the_parquet_shards(exported_dataset: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    files = sorted(str(p) for p in (exported_dataset / "parquet").glob("*.parquet"))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert isinstance(ds.features["image"], datasets.Image)
+    row = ds[0]
+    assert isinstance(row["image"], Image.Image) and row["image"].size == (112, 112)
+    assert {"key", "class", "identity", "det_prob", "q_sharpness", "attr_smoke_hair"} <= set(row)
+    assert dict(zip(ds["key"], ds["class"], strict=True)) == labels(exported_dataset)
+
+
+def test_verify_passes_then_catches_a_flipped_byte(exported_dataset: Path, tmp_path: Path, capsys) -> None:
+    copy = tmp_path / "ds"
+    shutil.copytree(exported_dataset, copy)
+    assert main(["verify", str(copy)]) == 0
+    shard = sorted((copy / "webdataset").glob("*.tar"))[0]
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0x01
+    shard.write_bytes(bytes(data))
+    assert main(["verify", str(copy)]) == 1
+    assert f"sha256    webdataset/{shard.name}" in capsys.readouterr().out
+    (copy / "extra.bin").write_bytes(b"x")
+    assert main(["verify", str(copy)]) == 1
+
+
+def test_inspect_and_preview(exported_dataset: Path, tmp_path: Path, capsys) -> None:
+    assert main(["inspect", str(exported_dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "classes (identities)  3" in out and "smoke-test generator" in out and "attr_smoke_hair" in out
+    sheet = tmp_path / "sheet.jpg"
+    assert main(["preview", str(exported_dataset), "--rows", "2", "--out", str(sheet)]) == 0
+    image = Image.open(io.BytesIO(sheet.read_bytes()))
+    assert image.size == (120 + 2 * 96, 2 * 96)  # label column + 2 samples per row, 2 identities
+
+
+def test_missing_dataset_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"manifest\.json not found"):
+        main(["inspect", str(tmp_path)])
+
+
+def test_manifest_lists_every_file_with_sha256(exported_dataset: Path) -> None:
+    manifest = json.loads((exported_dataset / "manifest.json").read_text())
+    listed = {f["path"] for f in manifest["files"]}
+    on_disk = {p.relative_to(exported_dataset).as_posix() for p in exported_dataset.rglob("*") if p.is_file()}
+    assert on_disk - listed == {"manifest.json"}
