@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable
+
+import torch
 
 from pipeline.config import ConfigError, Params, PipelineError, load_params
 
@@ -43,4 +46,21 @@ def run_stage(main: Callable[[argparse.Namespace, Params], None], parser: argpar
         sys.exit(EXIT_CONFIG)
     except (FileNotFoundError, PipelineError) as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)
+    except torch.OutOfMemoryError:
+        print(
+            f"error: out of GPU memory (runtime.batch_size: {params.runtime.batch_size}); lower runtime.batch_size "
+            "or use fewer/larger devices and run again: finished shards are kept",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_FAILURE)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(
+            f"error: out of disk space{where}: free some space and run again; finished shards are kept "
+            "and no half-written file was left under a final name",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_FAILURE)

@@ -149,6 +149,25 @@ def digests(repo: Path) -> dict[str, str]:
     return {p.relative_to(repo).as_posix(): sha256_file(p) for p in sorted(files)}
 
 
+def test_concurrent_repro_is_refused_by_dvcs_lock(built: tuple[Path, str]) -> None:
+    """While one `dvc repro` runs a stage (it holds the repository lock), a second one is refused."""
+    repo, _ = built
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "SYNTHFACES_NO_PROGRESS": "1"}  # fmt: skip
+    first = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "export", "report"], cwd=repo, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    seen = []
+    for line in first.stdout:
+        seen.append(line)
+        if "Running stage 'export'" in line:
+            break
+    second = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    rest, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, "".join(seen) + rest
+    assert second.returncode != 0 and "lock" in (second.stdout + second.stderr).lower()
+
+
 def test_filter_change_reruns_only_downstream(built: tuple[Path, str]) -> None:
     repo, _ = built
     before = json.loads((repo / "reports" / "metrics.json").read_text())

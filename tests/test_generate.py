@@ -14,7 +14,7 @@ import pytest
 from pipeline.faces.quality import QUALITY_COLUMNS
 from pipeline.generate import run_generate, shard_fingerprint
 from pipeline.shards.candidates import ShardSpec, plan_shards, read_candidates, shard_problem
-from pipeline.shards.io import atomic_path, remove_stale_temporaries
+from pipeline.shards.io import atomic_path, remove_stale_temporaries, sha256_file
 
 from .conftest import small_params
 
@@ -152,3 +152,30 @@ def test_non_finite_generator_output_is_rejected(face_pass, monkeypatch: pytest.
     reasons = apply_filter(df, FilterParams(min_det_prob=0.0, min_face_fraction=0.0))["reason"].tolist()
     assert reasons[1] == reasons[2] == "non_finite"
     assert torch.isfinite(torch.tensor(np.stack(cols["embedding"]).astype(np.float32))).all()
+
+
+def _write_shard_with(args: tuple[str, int]) -> None:
+    import pyarrow as pa
+
+    from pipeline.shards.candidates import write_shard
+
+    folder, value = args
+    table = pa.table({"x": pa.array([value] * 200_000, pa.int64())})
+    for _ in range(5):
+        write_shard(Path(folder), ShardSpec(0, 0, 1), table, f"fp-{value}", {"samples": 200_000})
+
+
+def test_concurrent_writers_of_one_shard_never_mix(tmp_path: Path) -> None:
+    """Two processes writing the same shard (a retried task) leave one writer's complete file + marker."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_write_shard_with, [(str(tmp_path), 1), (str(tmp_path), 2)])
+    values = set(pq.read_table(tmp_path / "shard-000000.parquet").column("x").to_pylist())
+    assert values in ({1}, {2})  # one writer's complete file
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["shard-000000.json", "shard-000000.parquet"]
+    marker = json.loads((tmp_path / "shard-000000.json").read_text())
+    if sha256_file(tmp_path / "shard-000000.parquet") == marker["sha256"]:  # a consistent pair is one writer's
+        assert values == {int(marker["fingerprint"][-1])}
+    else:  # a mixed pair is caught by the resume check
+        assert shard_problem(tmp_path, ShardSpec(0, 0, 1), marker["fingerprint"]) is not None

@@ -78,16 +78,21 @@ def parquet_path(folder: Path, spec: ShardSpec) -> Path:
 
 
 def write_shard(folder: Path, spec: ShardSpec, table: pa.Table, fingerprint: str, stats: dict[str, Any]) -> dict:
-    """Write the shard's Parquet atomically, then its marker (the completion signal)."""
-    path = parquet_path(folder, spec)
-    with atomic_path(path) as tmp:
+    """Write the shard's Parquet atomically, then its marker (the completion signal).
+
+    Size and sha256 are taken from this writer's own temporary file, so a marker always describes
+    the bytes its writer produced: if concurrent writers leave a marker and a file from different
+    runs, the resume check sees the mismatch and recomputes.
+    """
+    with atomic_path(parquet_path(folder, spec)) as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=1024, write_statistics=False)
+        size, digest = tmp.stat().st_size, sha256_file(tmp)
     marker = {
         "shard": spec.name,
         "identities": [spec.start, spec.stop],
         "rows": table.num_rows,
-        "bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
+        "bytes": size,
+        "sha256": digest,
         "fingerprint": fingerprint,
         "stats": stats,
     }

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,14 @@ from typing import Any
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync and rename it into place, else delete it."""
+    """Yield a temporary path beside `path`; on success fsync and rename it into place, else delete it.
+
+    Concurrent writers of one path (a retried task) each write their own temporary file; the rename
+    is atomic, so the final name always holds one writer's complete file, never a mix.
+    """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # unique per writer
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
