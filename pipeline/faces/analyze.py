@@ -55,7 +55,9 @@ class FaceAnalyzer:
         """Centre a randomly initialised embedder on the faces found in `pixels` (see embed.py)."""
         det = self.detector(pixels)
         crops, _ = self.align(pixels, det)
-        self.embedder.calibrate(crops[torch.from_numpy(det.found).to(self.device)])
+        found = torch.from_numpy(det.found).to(self.device)
+        # BatchNorm statistics need two samples or more: with fewer faces, use every (whole-frame) crop.
+        self.embedder.calibrate(crops[found] if int(found.sum()) >= 2 else crops)
 
     def align(self, pixels: torch.Tensor, det: Detections) -> tuple[torch.Tensor, np.ndarray]:
         """Aligned crops [B, 3, S, S] in [0, 1], quantised to 8 bits (what is stored is what is embedded),
