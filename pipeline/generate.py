@@ -16,9 +16,8 @@ from PIL import Image
 
 from pipeline.config import ConfigError, Params
 from pipeline.faces.analyze import FaceAnalyzer
-from pipeline.generators import GENERATORS, load_discriminator, load_generator
+from pipeline.generators import load_models
 from pipeline.identities.sampling import check_variation, input_transforms, make_ws, sample_seed
-from pipeline.registry import UnknownNameError
 from pipeline.runtime.device import autocast, batch_size, effective_precision, resolve_devices
 from pipeline.runtime.executors import EXECUTORS
 from pipeline.runtime.progress import progress
@@ -89,26 +88,23 @@ class FacePass:
         self.precision = effective_precision(params.runtime, device)
         self.batch_size = batch_size(params.runtime, device)
         g = params.generator
-        self.generator = load_generator(
+        self.generator, disc = load_models(
             g.model, device, resolution=g.resolution, weights_dir=weights_dir, lock_path=lock_path
         )
         problems = check_variation(self.generator, params)
         if problems:
             raise ConfigError(problems)
-        self.discriminator = self._discriminator(weights_dir, lock_path) if g.disc_score else None
+        self.discriminator = self._per_sample(disc) if g.disc_score else None
         self.faces = FaceAnalyzer(params, device, self.generator.img_resolution, weights_dir, lock_path)
         if params.runtime.compile:
             self.generator.synthesis = torch.compile(self.generator.synthesis)
         if self.faces.needs_calibration:
             self._calibrate()
 
-    def _discriminator(self, weights_dir: Path | None, lock_path: Path | None) -> torch.nn.Module | None:
+    @staticmethod
+    def _per_sample(disc: torch.nn.Module | None) -> torch.nn.Module | None:
         """The pickle's D with minibatch-std over groups of one, so each sample's score is its own."""
-        if self.params.generator.model in GENERATORS:
-            return None
-        try:
-            disc = load_discriminator(self.params.generator.model, self.device, weights_dir, lock_path)
-        except UnknownNameError:
+        if disc is None:
             log.info("generator has no discriminator: q_disc stays empty")
             return None
         disc.b4.mbstd.group_size = 1

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.cli import run_stage, stage_parser
-from pipeline.commands import main as synthfaces_command
+from pipeline.commands import preview
 from pipeline.config import Params
 from pipeline.curation import read_curation
 from pipeline.faces.quality import QUALITY_COLUMNS
@@ -55,7 +55,7 @@ def write_pictures(selection: pd.DataFrame, candidates: Path, dataset: Path, fol
     images = dict(zip(table.column("key").to_pylist(), table.column("image").to_pylist(), strict=True))
     sheet = contact_sheet(rejected_rows(selection, images, per_reason), columns=per_reason)
     write_bytes_atomic(folder / "rejected.jpg", sheet_bytes(sheet))
-    synthfaces_command(["preview", str(dataset), "--out", str(folder / "contact_sheet.jpg")])
+    preview(dataset, rows=8, out=folder / "contact_sheet.jpg")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -388,3 +388,25 @@ def test_per_sample_input_transforms_equal_nvidias_shared_buffer() -> None:
         torch.testing.assert_close(batch[k : k + 1], single, atol=1e-5, rtol=1e-5)
     net.synthesis.input.transform.copy_(torch.eye(3))
     assert not torch.allclose(batch[0], net.synthesis(ws[:1], force_fp32=True)[0], atol=1e-3)  # it moved
+
+
+def test_face_pass_reads_the_pickle_once_and_scores_realism(pickled, tmp_path: Path, monkeypatch) -> None:
+    """Generation from a pickle: one read (and one sha256) gives G and D; q_disc is D's per-sample logit."""
+    import pipeline.generators.checkpoint as checkpoint
+    from pipeline.generate import FacePass
+
+    from .conftest import small_params
+
+    _, net, path, _ = pickled
+    if net.c_dim:
+        pytest.skip("the pipeline generates unconditionally")
+    reads = []
+    real = checkpoint.read_network_pickle
+    monkeypatch.setattr(checkpoint, "read_network_pickle", lambda p: reads.append(p) or real(p))
+    params = small_params(generator={"model": str(path), "resolution": None}, variation={"mix_start": 4})
+    face_pass = FacePass(params, torch.device("cpu"), lock_path=tmp_path / "lock.json")
+    assert len(reads) == 1 and face_pass.discriminator is not None
+    cols = face_pass(np.array([0, 1]), np.array([0, 0]))
+    assert np.isfinite(cols["q_disc"]).all()
+    alone = face_pass(np.array([1]), np.array([0]))["q_disc"]
+    np.testing.assert_allclose(alone, cols["q_disc"][1:], atol=1e-5)  # independent of batch-mates

@@ -61,16 +61,41 @@ def _resolve_file(source: str, weights_dir: Path | None, lock_path: Path | None)
     return path, verify(path, lock), path.name, f"as distributed with {path.name} (NVIDIA pickles: {NVIDIA_LICENSE})"
 
 
-def _load_file(source: str, key: str, weights_dir: Path | None, lock_path: Path | None) -> nn.Module:
+def _load_networks(source: str, weights_dir: Path | None, lock_path: Path | None) -> dict[str, nn.Module]:
+    """Every network in the file `source` names (G_ema, D), read and sha256-verified once."""
     from pipeline.generators.checkpoint import load_networks
 
+    if not is_known_source(source):
+        raise UnknownNameError(
+            f"unknown generator {source!r} (available: {', '.join(known_sources())}, or a .pkl/.pt path)"
+        )
     path, digest, label, license_text = _resolve_file(source, weights_dir, lock_path)
     networks = load_networks(path)
+    for module in networks.values():
+        module.sha256, module.label, module.license = digest, label, license_text
+    return networks
+
+
+def _pick(networks: dict[str, nn.Module], key: str, source: str) -> nn.Module:
     if key not in networks:
-        raise UnknownNameError(f"{path} holds no {key} network (it has {sorted(networks)})")
-    module = networks[key]
-    module.sha256, module.label, module.license = digest, label, license_text
-    return module
+        raise UnknownNameError(f"{source} holds no {key} network (it has {sorted(networks)})")
+    return networks[key]
+
+
+def load_models(
+    source: str,
+    device: str | torch.device = "cpu",
+    resolution: int | None = None,
+    weights_dir: Path | None = None,
+    lock_path: Path | None = None,
+) -> tuple[Generator, nn.Module | None]:
+    """The generator and, when its file carries one, the discriminator: the file is read once."""
+    if source in GENERATORS:
+        return load_generator(source, device, resolution), None
+    networks = _load_networks(source, weights_dir, lock_path)
+    generator = _pick(networks, "G_ema", source).eval().requires_grad_(False).to(device)
+    disc = networks.get("D")
+    return generator, None if disc is None else disc.to(device)
 
 
 def load_generator(
@@ -83,12 +108,8 @@ def load_generator(
     """Build the generator `source` names, in eval mode on `device`."""
     if source in GENERATORS:
         generator = GENERATORS.create(source, resolution=resolution)
-    elif is_known_source(source):
-        generator = _load_file(source, "G_ema", weights_dir, lock_path)
     else:
-        raise UnknownNameError(
-            f"unknown generator {source!r} (available: {', '.join(known_sources())}, or a .pkl/.pt path)"
-        )
+        generator = _pick(_load_networks(source, weights_dir, lock_path), "G_ema", source)
     return generator.eval().requires_grad_(False).to(device)
 
 
@@ -96,7 +117,7 @@ def load_discriminator(
     source: str, device: str | torch.device = "cpu", weights_dir: Path | None = None, lock_path: Path | None = None
 ) -> nn.Module:
     """The StyleGAN2 discriminator a network pickle carries: D(img, c) -> logits [N, 1]."""
-    return _load_file(source, "D", weights_dir, lock_path).to(device)
+    return _pick(_load_networks(source, weights_dir, lock_path), "D", source).to(device)
 
 
-__all__ = ["GENERATORS", "Generator", "load_discriminator", "load_generator"]
+__all__ = ["GENERATORS", "Generator", "load_discriminator", "load_generator", "load_models"]
