@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import re
 from pathlib import Path
@@ -53,6 +54,8 @@ def _registered(kind: str, name: str) -> str:
         from pipeline.faces.detect import DETECTORS as registry
     elif kind == "embedder":
         from pipeline.faces.embed import EMBEDDERS as registry
+    elif kind == "attribute estimator":
+        from pipeline.faces.attributes import ATTRIBUTES as registry
     else:
         from pipeline.runtime.executors import EXECUTORS as registry
     try:
@@ -157,8 +160,57 @@ class DedupParams(Section):
     ivf_nprobe: PositiveInt = 8
 
 
+class AttributesParams(Section):
+    estimators: list[str] = ["pose"]
+    yaw_bins: dict[str, tuple[float, float]] = {"left": (-90.0, -15.0), "frontal": (-15.0, 15.0), "right": (15.0, 90.0)}
+    nose_depth: Annotated[float, Field(gt=0.0, le=3.0)] = 0.8
+    clip_weights: Literal["openclip-vit-b-32-laion2b"] = "openclip-vit-b-32-laion2b"
+    clip_attributes: list[str] = ["gender", "age", "ethnicity", "glasses", "smile", "facial_hair", "headwear"]
+    clip_allow_random: bool = False
+
+    @field_validator("estimators")
+    @classmethod
+    def _known_estimators(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"must not repeat an estimator, got {value}")
+        for name in value:
+            _registered("attribute estimator", name)
+        return value
+
+    @field_validator("yaw_bins")
+    @classmethod
+    def _ordered_bins(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        spans = sorted(value.values())
+        if any(lo >= hi for lo, hi in spans):
+            raise ValueError(f"each bin must be [low, high) with low < high, got {value}")
+        if any(a[1] > b[0] for a, b in itertools.pairwise(spans)):
+            raise ValueError(f"bins must not overlap, got {value}")
+        return value
+
+    @field_validator("clip_attributes")
+    @classmethod
+    def _prompt_files(cls, value: list[str]) -> list[str]:
+        from pipeline.faces.attributes import load_prompt_set
+
+        for name in value:
+            load_prompt_set(name)
+        return value
+
+
+class CalibrateParams(Section):
+    attributes: list[str] | None = None
+    samples: Annotated[int, Field(ge=20)] = 2000
+    holdout: Annotated[float, Field(gt=0.0, lt=0.9)] = 0.25
+    regularization: Annotated[float, Field(ge=0.0)] = 1e-3
+
+
 class BalanceParams(Section):
-    mode: Literal["select"] = "select"
+    mode: Literal["select", "steer"] = "select"
+    targets: dict[str, dict[str, Probability]] = {}
+    tolerance: Probability = 0.02
+    steer_margin: Annotated[float, Field(ge=0.0)] = 0.5
+    steer_chunk: PositiveInt = 16
+    time_limit: Annotated[float, Field(gt=0.0)] = 120.0
 
 
 class DatasetParams(Section):
@@ -191,6 +243,9 @@ class RuntimeParams(Section):
     precision: Literal["fp32", "fp16", "bf16"] = "bf16"
     threads: PositiveInt | None = None
     compile: bool = False
+    ray_address: str | None = None
+    gpus_per_task: Annotated[float, Field(ge=0.0)] = 0.0
+    cpus_per_task: Annotated[float, Field(gt=0.0)] = 1.0
 
     _known = field_validator("executor")(lambda cls, v: _registered("executor", v))
 
@@ -206,6 +261,8 @@ class Params(Section):
     detect: DetectParams = DetectParams()
     align: AlignParams = AlignParams()
     embed: EmbedParams = EmbedParams()
+    attributes: AttributesParams = AttributesParams()
+    calibrate: CalibrateParams = CalibrateParams()
     filter: FilterParams = FilterParams()
     dedup: DedupParams = DedupParams()
     balance: BalanceParams = BalanceParams()
@@ -227,7 +284,55 @@ class Params(Section):
                 f"must be <= the {variants} candidates generated per identity "
                 f"(identities.images_per_identity x identities.oversample), got {self.dataset.images_per_identity}",
             )
+        self._check_attributes()
         return self
+
+    def _check_attributes(self) -> None:
+        """Estimators that need a particular generator, and balance targets against the estimators' catalog."""
+        from pipeline.faces.attributes import attribute_catalog
+
+        if "smoke" in self.attributes.estimators and self.generator.model != "smoke":
+            raise _CrossFieldError("attributes.estimators", "smoke labels only the smoke generator's faces")
+        catalog = attribute_catalog(self)
+        for name in self.calibrate.attributes or []:
+            if name not in catalog:
+                raise _CrossFieldError("calibrate.attributes", f"unknown attribute {name!r} ({_listing(catalog)})")
+        for name, shares in self.balance.targets.items():
+            path = f"balance.targets.{name}"
+            if name not in catalog:
+                raise _CrossFieldError(path, f"no estimator labels {name!r} ({_listing(catalog)})")
+            classes = catalog[name].classes
+            for cls in shares:
+                if cls not in classes:
+                    raise _CrossFieldError(f"{path}.{cls}", f"unknown class (classes of {name}: {', '.join(classes)})")
+            total = sum(shares.values())
+            if total > 1 + 1e-9 or (len(shares) == len(classes) and abs(total - 1) > 1e-9):
+                listed = ", ".join(f"{k} {v:g}" for k, v in shares.items())
+                raise _CrossFieldError(
+                    path, f"proportions must sum to 1 (classes left out share the rest), got {total:g} ({listed})"
+                )
+        if self.balance.mode == "steer":
+            identity_level = [n for n in self.balance.targets if catalog[n].level == "identity"]
+            if not identity_level:
+                raise _CrossFieldError(
+                    "balance.mode",
+                    "steer moves each identity's latent, so it needs a target on an identity-level attribute "
+                    f"({', '.join(n for n, i in catalog.items() if i.level == 'identity') or 'none configured'})",
+                )
+
+    def targets(self) -> dict[str, dict[str, float]]:
+        """`balance.targets` with every class of each attribute: classes left out share what is left equally."""
+        from pipeline.faces.attributes import attribute_catalog
+
+        catalog = attribute_catalog(self)
+        full = {}
+        for name, shares in self.balance.targets.items():
+            rest = [c for c in catalog[name].classes if c not in shares]
+            left = max(0.0, 1.0 - sum(shares.values()))
+            full[name] = {
+                c: round(float(shares.get(c, left / len(rest) if rest else 0.0)), 10) for c in catalog[name].classes
+            }
+        return full
 
     def section_fingerprint(self, *names: str) -> str:
         """sha256 over the named sections (dotted paths allowed): what a stage's output depends on."""
@@ -249,13 +354,25 @@ class _CrossFieldError(ValueError):
         super().__init__(message)
 
 
+def _listing(catalog: dict[str, Any]) -> str:
+    return f"labelled by attributes.estimators: {', '.join(catalog) or 'none'}"
+
+
 def available_presets() -> list[str]:
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
 
 
 def drop_nulls(data: dict[str, Any]) -> dict[str, Any]:
-    """Remove null leaves: in params.yaml, null means "take the preset's (or the default) value"."""
-    return {k: drop_nulls(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
+    """Remove null leaves (null means "take the preset's, or the default, value") and the mappings they empty."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            inner = drop_nulls(value)
+            if inner or not value:
+                out[key] = inner
+        elif value is not None:
+            out[key] = value
+    return out
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,10 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from pipeline.config import ConfigError, Params
+from pipeline.calibrate import directions_to_json, load_directions, load_steer_plan
+from pipeline.config import ConfigError, Params, PipelineError
 from pipeline.faces.analyze import FaceAnalyzer
+from pipeline.faces.attributes import AttributeAnalyzer, AttributeBatch, attribute_catalog
 from pipeline.generators import load_models
 from pipeline.identities.sampling import check_variation, input_transforms, make_ws, sample_seed
 from pipeline.runtime.device import autocast, batch_size, effective_precision, resolve_devices
@@ -32,6 +36,7 @@ from pipeline.shards.candidates import (
     write_shard,
 )
 from pipeline.shards.io import remove_stale_temporaries, write_json_atomic
+from pipeline.steering import ShardSteerer
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +46,12 @@ CALIBRATION_SAMPLES = 64
 #: Params sections that shape a candidate shard's bytes (identities.count only decides how many shards).
 SHAPING_SECTIONS = (
     "seed", "generator", "identities.images_per_identity", "identities.oversample",
-    "identities.shard_size", "variation", "detect", "align", "embed",
+    "identities.shard_size", "variation", "detect", "align", "embed", "attributes",
 )  # fmt: skip
 #: Library code whose change must invalidate finished shards (dvc.yaml lists the same paths as deps).
-CODE_PATHS = ("generate.py", "generators", "faces", "identities/sampling.py", "shards/candidates.py")
+CODE_PATHS = (
+    "generate.py", "steering.py", "generators", "faces", "identities/sampling.py", "shards/candidates.py",
+)  # fmt: skip
 
 
 def code_fingerprint() -> str:
@@ -77,11 +84,35 @@ def encode(array: np.ndarray, fmt: str, quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
+def synthesize(
+    generator: torch.nn.Module,
+    ws: torch.Tensor,
+    precision: str,
+    noise_mode: str,
+    seeds: list[int] | None = None,
+    transforms: np.ndarray | None = None,
+) -> torch.Tensor:
+    """fp32: every layer in fp32; fp16: the network's own fp16 layers (NVIDIA's mixed precision); bf16: autocast."""
+    kwargs: dict[str, Any] = {"noise_mode": noise_mode, "force_fp32": precision != "fp16"}
+    if noise_mode == "random" and seeds is not None:  # per-sample noise from the sample's own seed
+        kwargs["noise_generators"] = [torch.Generator().manual_seed(s) for s in seeds]
+    if transforms is not None:
+        kwargs["input_transforms"] = torch.from_numpy(transforms).to(ws.device, torch.float32)
+    with torch.no_grad(), autocast("bf16" if precision == "bf16" else "fp32", ws.device):
+        images = generator.synthesis(ws, **kwargs)
+    return images.float()
+
+
 class FacePass:
     """The models for one device, and the pass that turns (identity, variant) pairs into candidate columns."""
 
     def __init__(
-        self, params: Params, device: torch.device, weights_dir: Path | None = None, lock_path: Path | None = None
+        self,
+        params: Params,
+        device: torch.device,
+        weights_dir: Path | None = None,
+        lock_path: Path | None = None,
+        calibration: Path | None = None,
     ):
         self.params = params
         self.device = device
@@ -96,6 +127,13 @@ class FacePass:
             raise ConfigError(problems)
         self.discriminator = self._per_sample(disc) if g.disc_score else None
         self.faces = FaceAnalyzer(params, device, self.generator.img_resolution, weights_dir, lock_path)
+        self.directions = load_directions(calibration)
+        self.steer_plan = load_steer_plan(calibration)
+        if params.balance.mode == "steer" and self.steer_plan is None:
+            raise PipelineError(f"balance.mode: steer needs the calibrate stage's {calibration}/steer.json (dvc repro)")
+        self.attributes = AttributeAnalyzer(
+            params, self.generator, device, weights_dir=weights_dir, lock_path=lock_path, directions=self.directions
+        )
         if params.runtime.compile:
             self.generator.synthesis = torch.compile(self.generator.synthesis)
         if self.faces.needs_calibration:
@@ -136,16 +174,7 @@ class FacePass:
     def _synthesize(
         self, ws: torch.Tensor, seeds: list[int] | None = None, transforms: np.ndarray | None = None
     ) -> torch.Tensor:
-        """fp32: every layer in fp32; fp16: the network's own fp16 layers (NVIDIA's mixed precision); bf16: autocast."""
-        mode = self.params.generator.noise_mode
-        kwargs: dict[str, Any] = {"noise_mode": mode, "force_fp32": self.precision != "fp16"}
-        if mode == "random" and seeds is not None:  # per-sample noise from the sample's own seed
-            kwargs["noise_generators"] = [torch.Generator().manual_seed(s) for s in seeds]
-        if transforms is not None:
-            kwargs["input_transforms"] = torch.from_numpy(transforms).to(self.device, torch.float32)
-        with torch.no_grad(), autocast("bf16" if self.precision == "bf16" else "fp32", self.device):
-            images = self.generator.synthesis(ws, **kwargs)
-        return images.float()
+        return synthesize(self.generator, ws, self.precision, self.params.generator.noise_mode, seeds, transforms)
 
     def _disc_scores(self, images: torch.Tensor) -> np.ndarray:
         if self.discriminator is None:
@@ -153,15 +182,20 @@ class FacePass:
         with torch.no_grad():
             return self.discriminator(images, None, force_fp32=True).float().flatten().cpu().numpy()
 
-    def __call__(self, identities: np.ndarray, variants: np.ndarray) -> dict[str, Any]:
-        """Candidate columns for one batch of (identity, variant) pairs."""
-        ws = make_ws(self.generator, self.params, identities, variants, self.device)
+    def __call__(
+        self, identities: np.ndarray, variants: np.ndarray, offsets: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """Candidate columns for one batch of (identity, variant) pairs; `offsets` [N, w_dim] steer their w."""
+        ws = make_ws(self.generator, self.params, identities, variants, self.device, offsets)
         seeds = [sample_seed(self.params.seed, int(i), int(v)) for i, v in zip(identities, variants, strict=True)]
         raw = self._synthesize(ws, seeds, input_transforms(self.params, identities, variants))
         finite = torch.isfinite(raw).flatten(1).all(1)
         clean = torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0)
         pixels = to_uint8(clean).permute(0, 2, 3, 1)
         faces = self.faces(pixels, seeds)
+        found = faces.columns["det_prob"] > 0
+        landmarks = np.stack(faces.columns["landmarks"]).reshape(-1, 5, 2)
+        attributes = self.attributes(AttributeBatch(pixels, landmarks, found, ws))
         return {
             "key": [sample_key(int(i), int(v)) for i, v in zip(identities, variants, strict=True)],
             "identity": identities.astype(np.int64),
@@ -171,10 +205,28 @@ class FacePass:
             **faces.columns,
             "q_finite": finite.cpu().numpy().astype(np.float32),
             "q_disc": self._disc_scores(clean),
-            **self.generator.true_attributes(ws),
+            **attributes,
             "image": [encode(a, "jpg", 95) for a in pixels.cpu().numpy()],
             "aligned": [encode(a, "png") for a in faces.crops],
         }
+
+    def fitted_batch(
+        self, identities: np.ndarray, variants: np.ndarray, offsets: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """`self(...)` on as many leading pairs as fit in device memory: on out-of-memory the batch size is
+        halved for the rest of the run (down to 1, then the error stands). Callers continue after what ran."""
+        while True:
+            try:
+                return self(identities, variants, offsets)
+            except torch.OutOfMemoryError:
+                if len(identities) <= 1:
+                    raise
+                self.batch_size = max(1, len(identities) // 2)
+                log.warning("out of device memory: batch size lowered to %d", self.batch_size)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                identities, variants = identities[: self.batch_size], variants[: self.batch_size]
+                offsets = None if offsets is None else offsets[: self.batch_size]
 
     def shard_table(self, spec: ShardSpec, fingerprint: str, on_batch: Callable[[int], None]) -> pa.Table:
         """All candidates of one shard as an Arrow table with the candidate schema."""
@@ -182,21 +234,61 @@ class FacePass:
         ids = np.repeat(np.arange(spec.start, spec.stop, dtype=np.int64), variants_per)
         var = np.tile(np.arange(variants_per, dtype=np.int64), spec.stop - spec.start)
         parts: list[dict[str, Any]] = []
-        for lo in range(0, len(ids), self.batch_size):
-            parts.append(self(ids[lo : lo + self.batch_size], var[lo : lo + self.batch_size]))
-            on_batch(len(parts[-1]["key"]))
+        if self.steer_plan is None:
+            lo = 0
+            while lo < len(ids):
+                parts.append(self.fitted_batch(ids[lo : lo + self.batch_size], var[lo : lo + self.batch_size]))
+                lo += len(parts[-1]["key"])
+                on_batch(len(parts[-1]["key"]))
+        else:
+            parts = self._steered_parts(spec, on_batch)
         columns = {k: _concat([p[k] for p in parts]) for k in parts[0]}
         columns["model_sha256"] = [self.generator.sha256] * len(ids)
         columns["params_fingerprint"] = [fingerprint] * len(ids)
-        attr_fields = [_attribute_field(k, v) for k, v in columns.items() if k.startswith("attr_")]
-        schema = candidate_schema(attr_fields)
+        extra_fields = [_attribute_field(k, v) for k, v in columns.items() if k.startswith(EXTRA_PREFIXES)]
+        schema = candidate_schema(extra_fields)
         return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
+
+    def _steered_parts(self, spec: ShardSpec, on_batch: Callable[[int], None]) -> list[dict[str, Any]]:
+        """Identities in chunks of `steer_chunk`: each chunk is steered toward the bins the shard lacks so far,
+        then the estimators' labels of its canonical images (variant 0) update the shard's counts.
+        State is per shard, so a shard's bytes never depend on other shards or on the batch size."""
+        assert self.steer_plan is not None
+        steerer = ShardSteerer(self.steer_plan, self.directions)
+        variants_per = self.params.identities.variants_per_identity
+        parts: list[dict[str, Any]] = []
+        for first in range(spec.start, spec.stop, steerer.chunk):
+            chunk = np.arange(first, min(first + steerer.chunk, spec.stop), dtype=np.int64)
+            w0 = make_ws(self.generator, self.params, chunk, np.zeros_like(chunk), self.device)[:, 0]
+            offsets, targets = steerer.assign(w0.float().cpu().numpy())
+            ids = np.repeat(chunk, variants_per)
+            var = np.tile(np.arange(variants_per, dtype=np.int64), len(chunk))
+            chunk_parts = []
+            shifts = np.repeat(offsets, variants_per, 0)
+            lo = 0
+            while lo < len(ids):
+                rows = slice(lo, lo + self.batch_size)
+                chunk_parts.append(self.fitted_batch(ids[rows], var[rows], shifts[rows]))
+                lo += len(chunk_parts[-1]["key"])
+                on_batch(len(chunk_parts[-1]["key"]))
+            columns = {k: _concat([p[k] for p in chunk_parts]) for k in chunk_parts[0]}
+            canonical = np.asarray(columns["variant"]) == 0
+            steerer.verify({a: np.asarray(columns[f"attr_{a}"])[canonical] for a in targets})
+            for a, t in targets.items():
+                columns[f"steer_{a}"] = np.repeat(np.asarray(t, dtype=object), variants_per).astype(str)
+            columns["steer_shift"] = np.repeat(np.linalg.norm(offsets, axis=1), variants_per).astype(np.float32)
+            parts.append(columns)
+        return parts
 
 
 def _concat(chunks: list[Any]) -> Any:
     if isinstance(chunks[0], np.ndarray):
         return np.concatenate(chunks)
     return [x for chunk in chunks for x in chunk]
+
+
+#: Columns beyond DESIGN §7's fixed ones: attribute estimates and steering records.
+EXTRA_PREFIXES = ("attr_", "steer_")
 
 
 def _attribute_field(name: str, values: Any) -> pa.Field:
@@ -206,8 +298,10 @@ def _attribute_field(name: str, values: Any) -> pa.Field:
 
 def shard_fingerprint(params: Params, face_pass: FacePass) -> str:
     """What a shard's bytes depend on besides its identity range: params, weights, precision, code."""
+    steering = [face_pass.steer_plan, directions_to_json(face_pass.directions)]
     parts = [
         params.section_fingerprint(*SHAPING_SECTIONS),
+        json.dumps(steering, sort_keys=True),
         face_pass.generator.sha256,
         face_pass.faces.embedder.weights_name,
         face_pass.precision,
@@ -217,7 +311,11 @@ def shard_fingerprint(params: Params, face_pass: FacePass) -> str:
 
 
 def run_generate(
-    params: Params, out_dir: Path, weights_dir: Path | None = None, lock_path: Path | None = None
+    params: Params,
+    out_dir: Path,
+    weights_dir: Path | None = None,
+    lock_path: Path | None = None,
+    calibration: Path | None = None,
 ) -> dict[str, Any]:
     """Compute every missing or invalid shard, then write the candidate manifest; returns it."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -226,7 +324,7 @@ def run_generate(
     devices = resolve_devices(params.runtime)
     if params.runtime.threads:
         torch.set_num_threads(params.runtime.threads)
-    first = FacePass(params, devices[0], weights_dir, lock_path)
+    first = FacePass(params, devices[0], weights_dir, lock_path, calibration)
     fingerprint = shard_fingerprint(params, first)
     specs = plan_shards(params.identities.count, params.identities.shard_size)
     _remove_unplanned(out_dir, {s.name for s in specs})
@@ -241,18 +339,12 @@ def run_generate(
     per_identity = params.identities.variants_per_identity
     bar = progress(sum(s.stop - s.start for s in todo) * per_identity, "generate")
 
-    def make_worker(device: torch.device) -> Callable[[ShardSpec], dict]:
-        face_pass = first if device == first.device else FacePass(params, device, weights_dir, lock_path)
-
-        def work(spec: ShardSpec) -> dict:
-            table = face_pass.shard_table(spec, fingerprint, bar.update)
-            found = int((table.column("det_prob").to_numpy() > 0).sum())
-            return write_shard(out_dir, spec, table, fingerprint, {"samples": table.num_rows, "faces_found": found})
-
-        return work
-
+    job = ShardJob(params, out_dir, fingerprint, weights_dir, lock_path, calibration)
+    job.attach(first, bar.update)
     with bar:
-        EXECUTORS.create(params.runtime.executor).run(todo, make_worker, devices)
+        for marker in EXECUTORS.create(params.runtime.executor, **executor_options(params)).run(todo, job, devices):
+            if isinstance(marker, _Deferred):
+                marker.future.result()  # the last writes of each worker
     markers = [read_marker(out_dir, s) for s in specs]
     manifest = {
         **first.info,
@@ -260,10 +352,80 @@ def run_generate(
         "identities": params.identities.count,
         "variants_per_identity": per_identity,
         "rows": sum(m["rows"] for m in markers),
+        "attributes": {n: {"level": i.level, "classes": list(i.classes)} for n, i in attribute_catalog(params).items()},
         "shards": markers,
     }
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
+
+
+class ShardJob:
+    """Computes and writes shards on a device; picklable, so a Ray worker can rebuild it from its fields.
+
+    Within a process the first FacePass and the progress bar are reused (not pickled). Writing a
+    shard's Parquet runs on a background thread while the next shard is computed; at most one
+    finished table waits, so memory does not grow with the number of shards.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        out_dir: Path,
+        fingerprint: str,
+        weights_dir: Path | None = None,
+        lock_path: Path | None = None,
+        calibration: Path | None = None,
+    ):
+        self.params, self.out_dir, self.fingerprint = params, out_dir, fingerprint
+        self.weights_dir, self.lock_path, self.calibration = weights_dir, lock_path, calibration
+        self._local: dict[str, Any] = {}
+
+    def attach(self, face_pass: FacePass, on_batch: Callable[[int], None]) -> None:
+        self._local = {"face_pass": face_pass, "on_batch": on_batch}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_local"} | {"_local": {}}
+
+    def __call__(self, device: torch.device) -> Callable[[ShardSpec], dict]:
+        if self.params.runtime.threads and torch.get_num_threads() != self.params.runtime.threads:
+            torch.set_num_threads(self.params.runtime.threads)  # a Ray worker starts with one thread
+        reuse = self._local.get("face_pass")
+        face_pass = reuse if reuse is not None and reuse.device == device else None
+        face_pass = face_pass or FacePass(self.params, device, self.weights_dir, self.lock_path, self.calibration)
+        on_batch = self._local.get("on_batch") or (lambda n: None)
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        pending: list[Future] = []
+
+        def work(spec: ShardSpec) -> dict:
+            table = face_pass.shard_table(spec, self.fingerprint, on_batch)
+            while pending:  # one write in flight at most
+                pending.pop().result()
+            future = writer.submit(self._write, spec, table)
+            pending.append(future)
+            return _Deferred(future)  # type: ignore[return-value]
+
+        return work
+
+    def _write(self, spec: ShardSpec, table: pa.Table) -> dict:
+        found = int((table.column("det_prob").to_numpy() > 0).sum())
+        stats = {"samples": table.num_rows, "faces_found": found}
+        return write_shard(self.out_dir, spec, table, self.fingerprint, stats)
+
+
+class _Deferred(dict):
+    """A marker still being written; the executor's caller reads markers from disk after all work is done."""
+
+    def __init__(self, future: Future):
+        super().__init__()
+        self.future = future
+
+    def __reduce__(self):  # Ray returns it across processes: wait for the write, send the marker itself
+        return dict, (self.future.result(),)
+
+
+def executor_options(params: Params) -> dict[str, Any]:
+    r = params.runtime
+    return {"address": r.ray_address, "gpus_per_task": r.gpus_per_task, "cpus_per_task": r.cpus_per_task}
 
 
 def _remove_unplanned(out_dir: Path, planned: set[str]) -> None:

@@ -25,6 +25,7 @@ NVIDIA_LICENSE = (
     "NVIDIA Source Code License for StyleGAN2/StyleGAN3 (non-commercial: research and evaluation only); "
     "https://nvlabs.github.io/stylegan3/license.html"
 )
+OPENCLIP_LICENSE = "MIT (OpenCLIP); ViT-B-32 weights trained by LAION on LAION-2B (laion2b_s34b_b79k)"
 FACENET_LICENSE = "MIT (facenet-pytorch; weights trained by David Sandberg's facenet on VGGFace2 / CASIA-WebFace)"
 DEFAULT_LOCK = "weights.lock.json"
 CHUNK = 1 << 20
@@ -36,7 +37,7 @@ class WeightsSpec:
     file: str
     url: str
     license: str
-    kind: str  # "generator" or "embedder"
+    kind: str  # "generator", "embedder" or "attributes"
 
 
 def _stylegan(name: str, version: str) -> WeightsSpec:
@@ -67,6 +68,13 @@ WEIGHTS: dict[str, WeightsSpec] = {
             f"{FACENET_RELEASE}/20180408-102900-casia-webface.pt",
             FACENET_LICENSE,
             "embedder",
+        ),
+        WeightsSpec(
+            "openclip-vit-b-32-laion2b",
+            "open_clip_vit_b_32_laion2b_s34b_b79k.safetensors",
+            "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/open_clip_model.safetensors",
+            OPENCLIP_LICENSE,
+            "attributes",
         ),
     ]
 }
@@ -179,12 +187,15 @@ def _check_payload(path: Path, spec: WeightsSpec) -> None:
 
 
 def required_weights(params: PipelineParams) -> list[tuple[WeightsSpec, bool]]:
-    """(spec, optional) for every file the resolved params need: the generator's, then the embedder's."""
+    """(spec, optional) for every file the resolved params need: the generator's, the embedder's, CLIP's."""
     needed = []
     generator = WEIGHTS.get(params.generator.model)
     if generator is not None and generator.kind == "generator":
         needed.append((generator, False))
     needed.append((WEIGHTS[EMBEDDER_WEIGHTS[params.embed.weights]], params.embed.allow_random))
+    a = params.attributes
+    if "clip" in a.estimators:
+        needed.append((WEIGHTS[a.clip_weights], a.clip_allow_random))
     return needed
 
 
@@ -197,6 +208,9 @@ def fetch_required(
     fetched: dict[str, str] = {}
     for spec, optional in required_weights(params):
         present = dest_dir / spec.file
+        if spec.kind == "attributes" and optional and not present.is_file():
+            log.warning("weights: %s not present and attributes.clip_allow_random is set: CLIP is random", spec.file)
+            continue
         if spec.kind == "embedder" and not present.is_file():
             cached = find_checkpoint(params.embed.weights, None)
             if cached is not None:

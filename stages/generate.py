@@ -14,7 +14,7 @@ log = logging.getLogger("stages.generate")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    manifest = run_generate(params, Path(args.out), Path(args.weights), Path(args.lock))
+    manifest = run_generate(params, Path(args.out), Path(args.weights), Path(args.lock), Path(args.calibration))
     log.info("generate: %d candidates in %d shards -> %s", manifest["rows"], len(manifest["shards"]), args.out)
 
 
@@ -23,6 +23,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/candidates", help="candidate shard folder")
     p.add_argument("--weights", default="weights", help="folder of fetched weights")
     p.add_argument("--lock", default="weights.lock.json", help="sha256 lock of the weights")
+    p.add_argument("--calibration", default="data/calibration", help="calibrate stage output (directions, steer)")
     return p
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,10 +17,17 @@ from pipeline.cli import run_stage, stage_parser
 from pipeline.commands import preview
 from pipeline.config import Params
 from pipeline.curation import read_curation
+from pipeline.faces.attributes import attribute_catalog
 from pipeline.faces.quality import QUALITY_COLUMNS
 from pipeline.report.contact_sheet import contact_sheet, rejected_rows, sheet_bytes
-from pipeline.report.metrics import build_metrics, similarity_report, write_quality_histograms, write_reason_plot
-from pipeline.shards.candidates import MANIFEST, read_candidates
+from pipeline.report.metrics import (
+    balance_report,
+    build_metrics,
+    similarity_report,
+    write_quality_histograms,
+    write_reason_plot,
+)
+from pipeline.shards.candidates import MANIFEST, candidate_columns, read_candidates
 from pipeline.shards.io import write_bytes_atomic, write_json_atomic
 
 
@@ -39,12 +47,29 @@ def main(args: argparse.Namespace, params: Params) -> None:
         dataset.column("identity").to_numpy(),
         Path(args.plots),
     )
+    metrics["attributes"] = attribute_balance(params, args)
     write_json_atomic(args.metrics, metrics)
     write_reason_plot(metrics, Path(args.plots) / "rejections.csv")
     scores = read_candidates(args.candidates, ["key", *QUALITY_COLUMNS]).to_pandas()
     kept = scores["key"].map(filtered.set_index("key")["keep"]).fillna(False).astype(bool)
     write_quality_histograms(scores, kept, Path(args.plots) / "quality")
     write_pictures(selection, Path(args.candidates), Path(args.dataset), Path(args.pictures))
+
+
+def attribute_balance(params: Params, args: argparse.Namespace) -> dict[str, Any]:
+    """Target vs. achieved per attribute bin: all candidates, after filter + dedup, in the exported dataset."""
+    catalog = attribute_catalog(params)
+    names = [f"attr_{a}" for a in catalog if f"attr_{a}" in candidate_columns(args.candidates)]
+    candidates = read_candidates(args.candidates, ["key", "identity", "variant", *names]).to_pandas()
+    curated = read_curation(args.dedup)
+    stages = {
+        "candidates": candidates,
+        "curated": candidates[candidates["key"].isin(curated.loc[curated["keep"], "key"])],
+        "dataset": pq.read_table(
+            Path(args.dataset) / "metadata.parquet", columns=["identity", "variant", *names]
+        ).to_pandas(),
+    }
+    return balance_report(stages, catalog, params.targets(), Path(args.plots) / "balance.csv")
 
 
 def write_pictures(selection: pd.DataFrame, candidates: Path, dataset: Path, folder: Path, per_reason: int = 8) -> None:

@@ -25,11 +25,14 @@ def small_params(**overrides: Any) -> Params:
         "variation": {"mix_start": 1},
         "detect": {"min_face_size": 20},
         "embed": {"allow_random": True},
+        "attributes": {"estimators": ["pose", "smoke"], "nose_depth": 0.9},
         "dataset": {"identities": 2, "images_per_identity": 2},
         "runtime": {"precision": "fp32", "batch_size": 8},
     }
     for section, values in overrides.items():
         raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+    if raw["generator"]["model"] != "smoke" and "attributes" not in overrides:
+        raw["attributes"] = {"estimators": ["pose"]}  # the smoke truth exists only for the smoke generator
     return validate_params(raw)
 
 

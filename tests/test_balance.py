@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.balance import BalanceError, select
-from pipeline.config import DatasetParams
+from pipeline.balance import BalanceError, achieved, bounds, select, target_bins
+from pipeline.config import BalanceParams, DatasetParams
+from pipeline.faces.attributes import AttributeInfo
 
 
 def curation(kept_per_identity: dict[int, int], variants: int = 5) -> pd.DataFrame:
@@ -39,3 +45,76 @@ def test_too_few_identities_is_a_clear_error() -> None:
         BalanceError, match=r"dataset.identities: need 3 identities with >= 4 kept samples, but only 2 of 3"
     ):
         select(curation({0: 5, 1: 4, 2: 1}), DatasetParams(identities=3, images_per_identity=4))
+
+
+def labelled(n_ids: int, variants: int, hair: Callable, yaw: Callable) -> pd.DataFrame:
+    """All samples kept; identity-level `attr_hair` and sample-level `attr_yaw_bin` from the given functions."""
+    rows = []
+    for i in range(n_ids):
+        for v in range(variants):
+            rows.append({"key": f"{i:09d}_{v:03d}", "identity": i, "variant": v, "keep": True, "reason": "",
+                         "attr_hair": hair(i), "attr_yaw_bin": yaw(i, v)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+CATALOG = {
+    "hair": AttributeInfo("identity", ("dark", "light")),
+    "yaw_bin": AttributeInfo("sample", ("left", "frontal", "right")),
+}
+
+
+def test_targets_met_where_a_greedy_pass_would_paint_itself_into_a_corner() -> None:
+    """Light-haired identities come first and only they have frontal samples: taking the lowest ids first
+    (greedy) fills the light quota with identities that leave too few frontal samples for the rest."""
+    df = labelled(40, 4, hair=lambda i: "light" if i % 2 else "dark",
+                  yaw=lambda i, v: "frontal" if (i % 4 == 1 and v < 3) else ("left" if v % 2 else "right"))  # fmt: skip
+    targets = {"hair": {"dark": 0.5, "light": 0.5}, "yaw_bin": {"left": 0.3, "frontal": 0.3, "right": 0.4}}
+    out = select(df, DatasetParams(identities=10, images_per_identity=2), BalanceParams(tolerance=0.0),
+                 targets, CATALOG)  # fmt: skip
+    chosen = out[out["keep"]].merge(df[["key", "attr_hair", "attr_yaw_bin"]], on="key")
+    assert chosen["identity"].nunique() == 10 and chosen.groupby("identity").size().eq(2).all()
+    assert chosen.drop_duplicates("identity")["attr_hair"].value_counts().to_dict() == {"dark": 5, "light": 5}
+    assert chosen["attr_yaw_bin"].value_counts().to_dict() == {"left": 6, "frontal": 6, "right": 8}
+    assert sorted(chosen["class"].unique()) == list(range(10))
+
+
+@settings(max_examples=25, deadline=None)
+@given(share=st.integers(2, 8), seed=st.integers(0, 1000))
+def test_identity_target_within_tolerance_whenever_feasible(share: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    light = rng.random(60) < 0.5
+    df = labelled(60, 3, hair=lambda i: "light" if light[i] else "dark", yaw=lambda i, v: "frontal")
+    target = share / 10
+    params = DatasetParams(identities=20, images_per_identity=2)
+    balance = BalanceParams(tolerance=0.02)
+    try:
+        out = select(df, params, balance, {"hair": {"light": target, "dark": 1 - target}}, CATALOG)
+    except BalanceError as err:
+        need = bounds(target, 20, 0.02)[0]
+        assert need > light.sum() or 20 - bounds(target, 20, 0.02)[1] > (~light).sum(), str(err)
+        return
+    chosen = out[out["keep"]].merge(df[["key", "attr_hair"]], on="key").drop_duplicates("identity")
+    assert abs((chosen["attr_hair"] == "light").mean() - target) <= 0.02 + 1e-9
+
+
+def test_impossible_target_names_the_bin_what_it_has_and_needs() -> None:
+    df = labelled(30, 3, hair=lambda i: "light" if i < 6 else "dark", yaw=lambda i, v: "frontal")
+    with pytest.raises(BalanceError) as err:
+        select(df, DatasetParams(identities=20, images_per_identity=2), BalanceParams(),
+               {"hair": {"light": 0.7, "dark": 0.3}}, CATALOG)  # fmt: skip
+    message = str(err.value)
+    assert "balance.targets.hair.light: needs 14 identities" in message
+    assert "has 6 of 30 eligible identities" in message and "steer" in message
+
+
+def test_impossible_sample_target_counts_at_most_k_per_identity() -> None:
+    df = labelled(10, 4, hair=lambda i: "dark", yaw=lambda i, v: "left" if i < 2 else "right")
+    with pytest.raises(BalanceError, match=r"yaw_bin.left: needs 8 kept samples \(at most 2 per identity\).*has 4"):
+        select(df, DatasetParams(identities=5, images_per_identity=2), BalanceParams(tolerance=0.0),
+               {"yaw_bin": {"left": 0.8, "right": 0.2}}, CATALOG)  # fmt: skip
+
+
+def test_achieved_shares() -> None:
+    df = labelled(4, 2, hair=lambda i: "light" if i < 3 else "dark", yaw=lambda i, v: "left" if v else "right")
+    bins = target_bins({"hair": {"light": 0.75, "dark": 0.25}, "yaw_bin": {"left": 0.5}}, CATALOG)
+    assert achieved(df, bins) == {"hair=light": 0.75, "hair=dark": 0.25, "yaw_bin=left": 0.5}

@@ -168,6 +168,26 @@ def test_concurrent_repro_is_refused_by_dvcs_lock(built: tuple[Path, str]) -> No
     assert second.returncode != 0 and "lock" in (second.stdout + second.stderr).lower()
 
 
+def test_balance_targets_met_on_the_exported_dataset_rerunning_only_cheap_stages(built: tuple[Path, str]) -> None:
+    """#6: a 70/30 target on a smoke attribute (identity level, true labels) within 2 points and a yaw-bin
+    target (sample level, pose estimator) within 3 points, measured on the exported metadata."""
+    repo, _ = built
+    out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "+balance.targets.smoke_hair.light=0.7",
+               "-S", "+balance.targets.yaw_bin.frontal=0.4"], repo)  # fmt: skip
+    for stage in ("generate", "filter", "dedup"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    assert "Running stage 'balance'" in out and "Running stage 'export'" in out
+    meta = pq.read_table(repo / "data" / "dataset" / "metadata.parquet").to_pandas()
+    per_identity = meta.drop_duplicates("identity")
+    assert abs((per_identity["attr_smoke_hair"] == "light").mean() - 0.7) <= 0.02
+    assert abs((meta["attr_yaw_bin"] == "frontal").mean() - 0.4) <= 0.03
+    assert abs((meta["attr_yaw_bin"] == "left").mean() - 0.3) <= 0.03  # the rest shared by left and right
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert metrics["attributes"]["max_target_error"] <= 0.03
+    plot = (repo / "reports" / "plots" / "balance.csv").read_text()
+    assert "smoke_hair=light,0.7000," in plot
+
+
 def test_filter_change_reruns_only_downstream(built: tuple[Path, str]) -> None:
     repo, _ = built
     before = json.loads((repo / "reports" / "metrics.json").read_text())

@@ -32,8 +32,12 @@ def make_ws(
     identities: np.ndarray,
     variants: np.ndarray,
     device: torch.device,
+    offsets: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """ws [N, num_ws, w_dim] for each (identity, variant) pair, on `device`."""
+    """ws [N, num_ws, w_dim] for each (identity, variant) pair, on `device`.
+
+    `offsets` [N, w_dim] move the identity's latent (every layer of the canonical ws, before
+    style mixing), which is how steering changes who a person is and nothing else."""
     g, v = params.generator, params.variation
     seed = params.seed
     z_id = np.stack([_normal(seed, int(i), 0, 0, generator.z_dim) for i in identities])
@@ -46,6 +50,8 @@ def make_ws(
     )
     z = torch.from_numpy(z_id + v.latent_jitter * jitter).to(device, torch.float32)
     ws = generator.mapping(z, None, truncation_psi=g.truncation_psi, truncation_cutoff=g.truncation_cutoff)
+    if offsets is not None:
+        ws = ws + torch.from_numpy(np.asarray(offsets, np.float32)).to(device)[:, None, :]
     mixed = torch.from_numpy(variants > 0).to(device)
     stop = v.mix_stop or generator.num_ws
     if v.mix_start < stop and bool(mixed.any()):

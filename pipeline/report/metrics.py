@@ -109,3 +109,40 @@ def similarity_report(
         "eer": float((far[k] + frr[k]) / 2),
         "eer_threshold": float(thresholds[k]),
     }
+
+
+def attribute_shares(rows: pd.DataFrame, attribute: str, level: str) -> pd.Series:
+    """Share of each class: of identities (majority label of their rows) or of samples ("" = unlabelled)."""
+    from pipeline.balance import identity_labels
+
+    if level == "identity":
+        labels = identity_labels(rows, attribute)
+        return labels.value_counts() / max(rows["identity"].nunique(), 1)
+    return rows[f"attr_{attribute}"].value_counts() / max(len(rows), 1)
+
+
+def balance_report(
+    stages: dict[str, pd.DataFrame],
+    catalog: dict[str, Any],
+    targets: dict[str, dict[str, float]],
+    path: Path,
+) -> dict[str, Any]:
+    """Per attribute bin: target and achieved share at each stage (dvc plots CSV + metrics)."""
+    lines = ["bin,target," + ",".join(stages)]
+    report: dict[str, Any] = {}
+    for attribute, info in catalog.items():
+        if any(f"attr_{attribute}" not in rows.columns for rows in stages.values()):
+            continue
+        shares = {name: attribute_shares(rows, attribute, info.level) for name, rows in stages.items()}
+        for cls in info.classes:
+            target = targets.get(attribute, {}).get(cls)
+            values = {name: float(s.get(cls, 0.0)) for name, s in shares.items()}
+            key = f"{attribute}={cls}"
+            report[key] = {"level": info.level, "target": target, **{k: round(v, 4) for k, v in values.items()}}
+            cells = ",".join(f"{v:.4f}" for v in values.values())
+            lines.append(f"{key},{'' if target is None else f'{target:.4f}'},{cells}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    final = list(stages)[-1]
+    errors = [abs(v[final] - v["target"]) for v in report.values() if v["target"] is not None]
+    return {"bins": report, "max_target_error": round(max(errors), 4) if errors else None}

@@ -133,3 +133,11 @@ def read_candidates(folder: str | Path, columns: list[str] | None = None) -> pa.
         raise FileNotFoundError(f"{folder / MANIFEST} not found: run the generate stage first (dvc repro)") from None
     tables = [pq.read_table(folder / f"{s['shard']}.parquet", columns=columns) for s in manifest["shards"]]
     return pa.concat_tables(tables) if tables else candidate_schema([]).empty_table()
+
+
+def candidate_columns(folder: str | Path) -> list[str]:
+    """Column names of the candidate shards (from the first shard's footer)."""
+    manifest = json.loads((Path(folder) / MANIFEST).read_text())
+    if not manifest["shards"]:
+        return candidate_schema([]).names
+    return pq.read_schema(Path(folder) / f"{manifest['shards'][0]['shard']}.parquet").names

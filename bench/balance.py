@@ -1,0 +1,97 @@
+"""Benchmark: candidates needed to meet a skewed identity-level target with `select` vs. `steer`.
+
+On the smoke preset (true attributes known), both modes generate the same identity ids; after
+the real filter and dedup, the smallest prefix of identities from which `balance.select` meets the
+target is found. Candidates needed = that prefix x candidates per identity; the ratio is the figure.
+
+    uv run python bench/balance.py                         # smoke_hair light 0.8 (natural ~0.5)
+    uv run python bench/balance.py --attribute smoke_skin --cls dark --share 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.balance import BalanceError, select
+from pipeline.calibrate import run_calibrate
+from pipeline.config import load_params
+from pipeline.curation import read_curation  # noqa: F401  (same tables the stages write)
+from pipeline.faces.attributes import attribute_catalog
+from pipeline.filter import FILTER_COLUMNS, apply_filter
+from pipeline.generate import run_generate
+from pipeline.identities.dedup import DEDUP_COLUMNS, run_dedup
+from pipeline.shards.candidates import read_candidates
+
+
+def curated(params, out: Path, calibration: Path | None):
+    run_generate(params, out, calibration=calibration)
+    cand = read_candidates(out).to_pandas()
+    filtered = apply_filter(cand[FILTER_COLUMNS], params.filter)
+    dedup = run_dedup(filtered, cand[DEDUP_COLUMNS], params.dedup)
+    attrs = [c for c in cand.columns if c.startswith("attr_")]
+    return dedup.merge(cand[["key", *attrs]], on="key"), cand
+
+
+def needed(curation, params, step: int) -> int | None:
+    """Smallest identity prefix (in steps) from which the targets are met, None if even all fall short."""
+    catalog, targets = attribute_catalog(params), params.targets()
+    total = int(curation["identity"].max()) + 1
+    for n in range(params.dataset.identities, total + 1, step):
+        try:
+            select(curation[curation["identity"] < n], params.dataset, params.balance, targets, catalog)
+            return n
+        except BalanceError:
+            continue
+    return None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--attribute", default="smoke_hair")
+    p.add_argument("--cls", default="light")
+    p.add_argument("--share", type=float, default=0.8)
+    p.add_argument("--dataset", type=int, default=60, help="identities in the dataset")
+    p.add_argument("--max-identities", type=int, default=360)
+    p.add_argument("--step", type=int, default=4)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    base = load_params("params.yaml")  # any file: the preset below is what counts
+    raw = {
+        "identities": {"count": args.max_identities, "images_per_identity": 3, "oversample": 1.34, "shard_size": 60},
+        "dataset": {"identities": args.dataset, "images_per_identity": 3},
+        "balance": {"targets": {args.attribute: {args.cls: args.share}}, "tolerance": 0.02, "steer_chunk": 8},
+    }
+    from pipeline.config import CONFIGS_DIR, _read_yaml, deep_merge, validate_params
+
+    smoke = deep_merge(_read_yaml(CONFIGS_DIR / "smoke.yaml", "smoke"), raw) | {"preset": "smoke"}
+    del base
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("select", "steer"):
+            params = validate_params(deep_merge(smoke, {"balance": {"mode": mode}}))
+            start = time.perf_counter()
+            calibration = Path(tmp) / f"calib-{mode}"
+            run_calibrate(params, calibration)
+            cur, cand = curated(params, Path(tmp) / mode, calibration)
+            n = needed(cur, params, args.step)
+            natural = (cand.drop_duplicates("identity")[f"attr_{args.attribute}"] == args.cls).mean()
+            per = params.identities.variants_per_identity
+            results[mode] = n * per if n else None
+            print(f"{mode:6s}: {args.attribute}={args.cls} in candidates {natural:.2f}; target {args.share:.2f} "
+                  f"of {args.dataset} identities met from {n} identities = {results[mode]} candidates "
+                  f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    if all(results.values()):
+        print(f"select / steer candidates needed: {results['select'] / results['steer']:.2f}x")
+    else:
+        print("a mode fell short of the target within --max-identities; raise it")
+    np.set_printoptions()
+
+
+if __name__ == "__main__":
+    main()
