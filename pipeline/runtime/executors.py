@@ -1,14 +1,25 @@
-"""Executors run shard work units; each registers by name (`runtime.executor`)."""
+"""Executors run shard work units; each registers by name (`runtime.executor`).
+
+`local` runs one worker per device in this process (threads: the work is torch ops and encoders
+that release the GIL), handing shards out dynamically, so a fast device takes more of them.
+`ray` runs one task per shard on a Ray cluster. Every shard's bytes depend on its spec alone, so
+the executor and the number of devices never change the output.
+"""
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 from pipeline.registry import Registry
 from pipeline.shards.candidates import ShardSpec
+
+log = logging.getLogger(__name__)
 
 #: Builds, once per device, the function that computes and writes one shard.
 WorkerFactory = Callable[[torch.device], Callable[[ShardSpec], dict]]
@@ -23,16 +34,93 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """One process, the first device; shards in order."""
+    """One worker per device; shards taken from a shared queue in order."""
+
+    def __init__(self, **_: Any):
+        pass
 
     def run(
         self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]
     ) -> list[dict]:
         if not specs:
             return []
-        worker = make_worker(devices[0])
-        return [worker(spec) for spec in specs]
+        if len(devices) == 1:
+            worker = make_worker(devices[0])
+            return [worker(spec) for spec in specs]
+        todo: queue.Queue[tuple[int, ShardSpec]] = queue.Queue()
+        for item in enumerate(specs):
+            todo.put(item)
+        results: dict[int, dict] = {}
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def loop(device: torch.device) -> None:
+            try:
+                worker = make_worker(device)
+                while not stop.is_set():
+                    try:
+                        index, spec = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    results[index] = worker(spec)
+            except BaseException as err:  # re-raised in the caller's thread
+                errors.append(err)
+                stop.set()
+
+        threads = [threading.Thread(target=loop, args=(d,), name=f"shards-{d}") for d in devices]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return [results[i] for i in range(len(specs))]
+
+
+class RayExecutor:
+    """One Ray task per shard (`runtime.gpus_per_task` GPUs each) on the cluster at `runtime.ray_address`.
+
+    Workers build their models once per process (cached) and write shards themselves, so the
+    output folder must be reachable from every node (a shared filesystem)."""
+
+    def __init__(self, address: str | None = None, gpus_per_task: float = 0.0, cpus_per_task: float = 1.0, **_: Any):
+        self.address, self.gpus, self.cpus = address, gpus_per_task, cpus_per_task
+
+    def run(
+        self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]
+    ) -> list[dict]:
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError("runtime.executor: ray needs the ray extra: uv sync --extra ray") from None
+        if not specs:
+            return []
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        try:
+            task = ray.remote(num_gpus=self.gpus, num_cpus=self.cpus)(_ray_shard)
+            factory = ray.put(make_worker)
+            refs = [task.remote(factory, spec) for spec in specs]
+            return ray.get(refs)
+        finally:
+            if started:
+                ray.shutdown()
+
+
+_WORKERS: dict[int, Callable[[ShardSpec], dict]] = {}
+
+
+def _ray_shard(make_worker: WorkerFactory, spec: ShardSpec) -> dict:
+    """Inside a Ray worker process: build the worker once (keyed by factory), then compute one shard."""
+    key = id(make_worker)
+    if key not in _WORKERS:
+        _WORKERS.clear()
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        _WORKERS[key] = make_worker(device)
+    return _WORKERS[key](spec)
 
 
 EXECUTORS: Registry[Executor] = Registry("executor")
 EXECUTORS.register("local")(LocalExecutor)
+EXECUTORS.register("ray")(RayExecutor)
