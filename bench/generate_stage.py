@@ -3,8 +3,8 @@ embed, SER-FIQ, attributes, encode, write), (c) a naive loop (one seed per forwa
 per image, as a user of NVIDIA's scripts does); the ratios b/a and b/c; and the generate stage's peak
 RSS for 10 vs. 100 shards (in child processes, so each is measured alone).
 
-    uv run python bench/pipeline.py                                   # CPU: smoke + random StyleGAN2 256
-    uv run python bench/pipeline.py --device cuda --precision bf16    # on a GPU machine
+    uv run python bench/generate_stage.py                                   # CPU: smoke + random StyleGAN2 256
+    uv run python bench/generate_stage.py --device cuda --precision bf16    # on a GPU machine
 """
 
 from __future__ import annotations
