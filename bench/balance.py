@@ -16,12 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.balance import BalanceError, select
 from pipeline.calibrate import run_calibrate
-from pipeline.config import load_params
-from pipeline.curation import read_curation  # noqa: F401  (same tables the stages write)
+from pipeline.config import CONFIGS_DIR, _read_yaml, deep_merge, validate_params
 from pipeline.faces.attributes import attribute_catalog
 from pipeline.filter import FILTER_COLUMNS, apply_filter
 from pipeline.generate import run_generate
@@ -61,16 +58,12 @@ def main() -> None:
     p.add_argument("--step", type=int, default=4)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    base = load_params("params.yaml")  # any file: the preset below is what counts
     raw = {
         "identities": {"count": args.max_identities, "images_per_identity": 3, "oversample": 1.34, "shard_size": 60},
         "dataset": {"identities": args.dataset, "images_per_identity": 3},
         "balance": {"targets": {args.attribute: {args.cls: args.share}}, "tolerance": 0.02, "steer_chunk": 8},
     }
-    from pipeline.config import CONFIGS_DIR, _read_yaml, deep_merge, validate_params
-
     smoke = deep_merge(_read_yaml(CONFIGS_DIR / "smoke.yaml", "smoke"), raw) | {"preset": "smoke"}
-    del base
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("select", "steer"):
@@ -90,7 +83,6 @@ def main() -> None:
         print(f"select / steer candidates needed: {results['select'] / results['steer']:.2f}x")
     else:
         print("a mode fell short of the target within --max-identities; raise it")
-    np.set_printoptions()
 
 
 if __name__ == "__main__":

@@ -93,8 +93,7 @@ def select(
         chosen, samples = _optimise(pool, eligible, bins, dataset, balance or BalanceParams())
     else:
         chosen = eligible[: dataset.identities]
-        in_chosen = pool[pool["identity"].isin(chosen)]
-        samples = in_chosen.index[(in_chosen.groupby("identity").cumcount() < k).to_numpy()]
+        samples = _lowest_variants(pool, chosen, k)
     return _with_reasons(df, eligible, chosen, samples)
 
 
@@ -185,12 +184,14 @@ def _optimise(
         )
     x = result.x[:n_id] > 0.5
     chosen = eligible[x]
-    if use_samples:
-        samples = pool.index[result.x[n_id : n_id + n_s] > 0.5]
-    else:
-        in_chosen = pool[pool["identity"].isin(chosen)]
-        samples = in_chosen.index[(in_chosen.groupby("identity").cumcount() < k).to_numpy()]
+    samples = pool.index[result.x[n_id : n_id + n_s] > 0.5] if use_samples else _lowest_variants(pool, chosen, k)
     return chosen, samples
+
+
+def _lowest_variants(pool: pd.DataFrame, chosen: np.ndarray, k: int) -> pd.Index:
+    """Row labels of each chosen identity's first k kept samples (pool is sorted by identity, variant)."""
+    in_chosen = pool[pool["identity"].isin(chosen)]
+    return in_chosen.index[(in_chosen.groupby("identity").cumcount() < k).to_numpy()]
 
 
 def _check_feasible(
@@ -226,14 +227,14 @@ def _check_feasible(
         )
 
 
+def class_shares(rows: pd.DataFrame, attribute: str, level: str) -> pd.Series:
+    """Share of each class: of identities (majority label of their rows) or of samples ("" = unlabelled)."""
+    if level == "identity":
+        return identity_labels(rows, attribute).value_counts() / max(rows["identity"].nunique(), 1)
+    return rows[f"attr_{attribute}"].value_counts() / max(len(rows), 1)
+
+
 def achieved(selection: pd.DataFrame, bins: list[Bin]) -> dict[str, float]:
     """Share of each bin in the selected samples (identity level: share of selected identities)."""
     chosen = selection[selection["keep"]]
-    out = {}
-    for b in bins:
-        if b.level == "identity":
-            labels = identity_labels(chosen, b.attribute)
-            out[b.name] = float((labels == b.cls).sum() / max(chosen["identity"].nunique(), 1))
-        else:
-            out[b.name] = float((chosen[f"attr_{b.attribute}"] == b.cls).mean()) if len(chosen) else 0.0
-    return out
+    return {b.name: float(class_shares(chosen, b.attribute, b.level).get(b.cls, 0.0)) for b in bins}

@@ -21,6 +21,7 @@ from scipy.optimize import minimize
 
 from pipeline.config import Params
 from pipeline.faces.attributes import ATTRIBUTES, AttributeAnalyzer, AttributeBatch, Direction, attribute_catalog
+from pipeline.fingerprint import source_fingerprint
 from pipeline.shards.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,12 @@ def calibration_seed(seed: int) -> int:
 
 
 def fit_fingerprint(params: Params) -> str:
-    root = Path(__file__).resolve().parent
-    digest = hashlib.sha256(params.section_fingerprint("seed", "generator", "attributes", "calibrate").encode())
-    digest.update(json.dumps(fit_attributes(params)).encode())
-    for rel in CODE_PATHS:
-        path = root / rel
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
+    parts = [
+        params.section_fingerprint("seed", "generator", "attributes", "calibrate"),
+        json.dumps(fit_attributes(params)),
+        source_fingerprint(CODE_PATHS),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def fit_direction(w: np.ndarray, positive: np.ndarray, regularization: float) -> tuple[np.ndarray, float]:

@@ -20,9 +20,10 @@ from pipeline.calibrate import directions_to_json, load_directions, load_steer_p
 from pipeline.config import ConfigError, Params, PipelineError
 from pipeline.faces.analyze import FaceAnalyzer
 from pipeline.faces.attributes import AttributeAnalyzer, AttributeBatch, attribute_catalog
+from pipeline.fingerprint import source_fingerprint
 from pipeline.generators import load_models
 from pipeline.identities.sampling import check_variation, input_transforms, make_ws, sample_seed
-from pipeline.runtime.device import autocast, batch_size, effective_precision, resolve_devices
+from pipeline.runtime.device import apply_threads, autocast, batch_size, effective_precision, resolve_devices
 from pipeline.runtime.executors import EXECUTORS
 from pipeline.runtime.progress import progress
 from pipeline.shards.candidates import (
@@ -55,14 +56,7 @@ CODE_PATHS = (
 
 
 def code_fingerprint() -> str:
-    root = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for rel in CODE_PATHS:
-        path = root / rel
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(root).as_posix().encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
+    return source_fingerprint(CODE_PATHS)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -228,18 +222,29 @@ class FacePass:
                 identities, variants = identities[: self.batch_size], variants[: self.batch_size]
                 offsets = None if offsets is None else offsets[: self.batch_size]
 
+    def _pairs(self, identities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(identity, variant) for every candidate of `identities`, identity-major."""
+        variants_per = self.params.identities.variants_per_identity
+        return np.repeat(identities, variants_per), np.tile(np.arange(variants_per, dtype=np.int64), len(identities))
+
+    def _batches(
+        self, ids: np.ndarray, var: np.ndarray, offsets: np.ndarray | None, on_batch: Callable[[int], None]
+    ) -> list[dict[str, Any]]:
+        """Candidate columns for all pairs, in batches of `batch_size` (which may shrink on out-of-memory)."""
+        parts: list[dict[str, Any]] = []
+        lo = 0
+        while lo < len(ids):
+            rows = slice(lo, lo + self.batch_size)
+            parts.append(self.fitted_batch(ids[rows], var[rows], None if offsets is None else offsets[rows]))
+            lo += len(parts[-1]["key"])
+            on_batch(len(parts[-1]["key"]))
+        return parts
+
     def shard_table(self, spec: ShardSpec, fingerprint: str, on_batch: Callable[[int], None]) -> pa.Table:
         """All candidates of one shard as an Arrow table with the candidate schema."""
-        variants_per = self.params.identities.variants_per_identity
-        ids = np.repeat(np.arange(spec.start, spec.stop, dtype=np.int64), variants_per)
-        var = np.tile(np.arange(variants_per, dtype=np.int64), spec.stop - spec.start)
-        parts: list[dict[str, Any]] = []
+        ids, var = self._pairs(np.arange(spec.start, spec.stop, dtype=np.int64))
         if self.steer_plan is None:
-            lo = 0
-            while lo < len(ids):
-                parts.append(self.fitted_batch(ids[lo : lo + self.batch_size], var[lo : lo + self.batch_size]))
-                lo += len(parts[-1]["key"])
-                on_batch(len(parts[-1]["key"]))
+            parts = self._batches(ids, var, None, on_batch)
         else:
             parts = self._steered_parts(spec, on_batch)
         columns = {k: _concat([p[k] for p in parts]) for k in parts[0]}
@@ -261,16 +266,8 @@ class FacePass:
             chunk = np.arange(first, min(first + steerer.chunk, spec.stop), dtype=np.int64)
             w0 = make_ws(self.generator, self.params, chunk, np.zeros_like(chunk), self.device)[:, 0]
             offsets, targets = steerer.assign(w0.float().cpu().numpy())
-            ids = np.repeat(chunk, variants_per)
-            var = np.tile(np.arange(variants_per, dtype=np.int64), len(chunk))
-            chunk_parts = []
-            shifts = np.repeat(offsets, variants_per, 0)
-            lo = 0
-            while lo < len(ids):
-                rows = slice(lo, lo + self.batch_size)
-                chunk_parts.append(self.fitted_batch(ids[rows], var[rows], shifts[rows]))
-                lo += len(chunk_parts[-1]["key"])
-                on_batch(len(chunk_parts[-1]["key"]))
+            ids, var = self._pairs(chunk)
+            chunk_parts = self._batches(ids, var, np.repeat(offsets, variants_per, 0), on_batch)
             columns = {k: _concat([p[k] for p in chunk_parts]) for k in chunk_parts[0]}
             canonical = np.asarray(columns["variant"]) == 0
             steerer.verify({a: np.asarray(columns[f"attr_{a}"])[canonical] for a in targets})
@@ -322,8 +319,7 @@ def run_generate(
     if removed := remove_stale_temporaries(out_dir):
         log.info("removed %d temporary files left by an interrupted run", removed)
     devices = resolve_devices(params.runtime)
-    if params.runtime.threads:
-        torch.set_num_threads(params.runtime.threads)
+    apply_threads(params.runtime)
     first = FacePass(params, devices[0], weights_dir, lock_path, calibration)
     fingerprint = shard_fingerprint(params, first)
     specs = plan_shards(params.identities.count, params.identities.shard_size)
@@ -387,8 +383,7 @@ class ShardJob:
         return {k: v for k, v in self.__dict__.items() if k != "_local"} | {"_local": {}}
 
     def __call__(self, device: torch.device) -> Callable[[ShardSpec], dict]:
-        if self.params.runtime.threads and torch.get_num_threads() != self.params.runtime.threads:
-            torch.set_num_threads(self.params.runtime.threads)  # a Ray worker starts with one thread
+        apply_threads(self.params.runtime)  # again in a Ray worker, which starts with one thread
         reuse = self._local.get("face_pass")
         face_pass = reuse if reuse is not None and reuse.device == device else None
         face_pass = face_pass or FacePass(self.params, device, self.weights_dir, self.lock_path, self.calibration)

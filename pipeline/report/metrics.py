@@ -111,16 +111,6 @@ def similarity_report(
     }
 
 
-def attribute_shares(rows: pd.DataFrame, attribute: str, level: str) -> pd.Series:
-    """Share of each class: of identities (majority label of their rows) or of samples ("" = unlabelled)."""
-    from pipeline.balance import identity_labels
-
-    if level == "identity":
-        labels = identity_labels(rows, attribute)
-        return labels.value_counts() / max(rows["identity"].nunique(), 1)
-    return rows[f"attr_{attribute}"].value_counts() / max(len(rows), 1)
-
-
 def balance_report(
     stages: dict[str, pd.DataFrame],
     catalog: dict[str, Any],
@@ -128,12 +118,14 @@ def balance_report(
     path: Path,
 ) -> dict[str, Any]:
     """Per attribute bin: target and achieved share at each stage (dvc plots CSV + metrics)."""
+    from pipeline.balance import class_shares
+
     lines = ["bin,target," + ",".join(stages)]
     report: dict[str, Any] = {}
     for attribute, info in catalog.items():
         if any(f"attr_{attribute}" not in rows.columns for rows in stages.values()):
             continue
-        shares = {name: attribute_shares(rows, attribute, info.level) for name, rows in stages.items()}
+        shares = {name: class_shares(rows, attribute, info.level) for name, rows in stages.items()}
         for cls in info.classes:
             target = targets.get(attribute, {}).get(cls)
             values = {name: float(s.get(cls, 0.0)) for name, s in shares.items()}

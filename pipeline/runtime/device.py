@@ -42,3 +42,9 @@ def batch_size(runtime: RuntimeParams, device: torch.device) -> int:
     if runtime.batch_size != "auto":
         return runtime.batch_size
     return 64 if device.type == "cuda" else 32
+
+
+def apply_threads(runtime: RuntimeParams) -> None:
+    """`runtime.threads` torch CPU threads (CPU float results depend on the count: pin it for identical bytes)."""
+    if runtime.threads and torch.get_num_threads() != runtime.threads:
+        torch.set_num_threads(runtime.threads)
