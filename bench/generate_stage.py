@@ -39,6 +39,7 @@ def params_for(model: str, identities: int, variants: int, shard: int, device: s
     if model != "smoke":
         raw["attributes"] = {"estimators": ["pose"]}
         raw["variation"] = {"mix_start": 8}
+        raw["detect"] = {"min_face_size": 51}  # the default for 256 px (the smoke preset's 24 is for 128 px)
     return validate_params(raw | {"preset": "smoke"})
 
 

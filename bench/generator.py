@@ -25,15 +25,25 @@ from pipeline.generators.stylegan2 import StyleGAN2Generator
 from pipeline.generators.stylegan3 import StyleGAN3Generator
 from pipeline.runtime.device import autocast
 
+
+def _built(cls: type, family: str, **kwargs: object) -> torch.nn.Module:
+    """The module plus the constructor record a loaded network carries (so save_checkpoint can write it)."""
+    module = cls(**kwargs)
+    module.family, module.init_kwargs = family, kwargs
+    return module
+
+
 CONFIGS = {
     # StyleGAN2 FFHQ 256 (the released stylegan2-ffhq-256x256 configuration)
-    "stylegan2": lambda res: StyleGAN2Generator(
+    "stylegan2": lambda res: _built(
+        StyleGAN2Generator, "stylegan2",
         z_dim=512, c_dim=0, w_dim=512, img_resolution=res, img_channels=3, mapping_kwargs={"num_layers": 8},
         synthesis_kwargs={
             "channel_base": 16384 if res <= 256 else 32768, "channel_max": 512, "num_fp16_res": 4, "conv_clamp": 256,
         },
     ),
-    "stylegan3-t": lambda res: StyleGAN3Generator(
+    "stylegan3-t": lambda res: _built(
+        StyleGAN3Generator, "stylegan3",
         z_dim=512, c_dim=0, w_dim=512, img_resolution=res, img_channels=3, mapping_kwargs={"num_layers": 2},
         channel_base=32768, channel_max=512,
     ),
