@@ -28,6 +28,9 @@ from pipeline.generate import synthesize, to_uint8
 from pipeline.generators import load_generator
 from pipeline.generators.checkpoint import save_checkpoint
 
+#: The random checkpoints are locked here, never in the repository's weights.lock.json.
+BENCH_LOCK = Path(tempfile.gettempdir()) / "synthfaces-bench-weights.lock.json"
+
 
 def params_for(model: str, identities: int, variants: int, shard: int, device: str, precision: str, batch: int):
     raw = deep_merge(_read_yaml(CONFIGS_DIR / "smoke.yaml", "smoke"), {
@@ -45,7 +48,7 @@ def params_for(model: str, identities: int, variants: int, shard: int, device: s
 
 def generator_alone(params, images: int) -> float:
     device = torch.device(params.runtime.devices[0])
-    g = load_generator(params.generator.model, device, params.generator.resolution)
+    g = load_generator(params.generator.model, device, params.generator.resolution, lock_path=BENCH_LOCK)
     rng = np.random.default_rng(0)
     b = params.runtime.batch_size
 
@@ -65,12 +68,12 @@ def generator_alone(params, images: int) -> float:
 
 def naive(params, images: int, folder: Path) -> float:
     device = torch.device(params.runtime.devices[0])
-    g = load_generator(params.generator.model, device, params.generator.resolution)
+    g = load_generator(params.generator.model, device, params.generator.resolution, lock_path=BENCH_LOCK)
     start = time.perf_counter()
     for seed in range(images):
         z = torch.from_numpy(np.random.RandomState(seed).randn(1, g.z_dim)).to(device, torch.float32)
         with torch.no_grad():
-            img = g(z, None, truncation_psi=0.7, noise_mode="const")
+            img = g(z, None, truncation_psi=0.7, noise_mode="const", force_fp32=True)  # as bench/generator.py
         arr = (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)[0].cpu().numpy()
         Image.fromarray(arr, "RGB").save(folder / f"seed{seed:04d}.png")
     return images / (time.perf_counter() - start)
@@ -81,7 +84,7 @@ def full_stage(params, folder: Path) -> float:
 
     images = params.identities.count * params.identities.variants_per_identity
     start = time.perf_counter()
-    run_generate(params, folder)
+    run_generate(params, folder, lock_path=BENCH_LOCK)
     return images / (time.perf_counter() - start)
 
 
@@ -125,11 +128,16 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--identities", type=int, default=8, help="StyleGAN2 run: identities x 4 images")
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--batch", type=int, default=1, help="StyleGAN2 batch (1 is fastest on a CPU: memory-bound)")
     p.add_argument("--skip-rss", action="store_true")
     args = p.parse_args()
     os.environ.setdefault("SYNTHFACES_NO_PROGRESS", "1")
+    BENCH_LOCK.unlink(missing_ok=True)  # fresh random checkpoints each run
     results: dict[str, dict[str, float]] = {}
+    if not args.skip_rss:  # first: Linux children inherit the parent's peak RSS as their floor
+        rss = {shards: peak_rss_mib(shards, args.device) for shards in (10, 100)}
+        print(f"peak RSS: 10 shards {rss[10]:.0f} MiB, 100 shards {rss[100]:.0f} MiB ({rss[100] / rss[10]:.3f}x)")
+        results["peak_rss_mib"] = rss
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for sub in ("naive-smoke", "naive-stylegan2"):
@@ -143,10 +151,6 @@ def main() -> None:
                          args.precision, args.batch)  # fmt: skip
         n = args.identities * 4
         results["stylegan2-256"] = measure("stylegan2", sg2, n, n, folder)
-    if not args.skip_rss:
-        rss = {shards: peak_rss_mib(shards, args.device) for shards in (10, 100)}
-        print(f"peak RSS: 10 shards {rss[10]:.0f} MiB, 100 shards {rss[100]:.0f} MiB ({rss[100] / rss[10]:.3f}x)")
-        results["peak_rss_mib"] = rss
     print(json.dumps(results, indent=1))
 
 
