@@ -240,10 +240,14 @@ class RuntimeParams(Section):
     executor: str = "local"
     devices: Annotated[list[str], Field(min_length=1)] = ["auto"]
     batch_size: PositiveInt | Literal["auto"] = "auto"
+    synthesis_batch: PositiveInt | Literal["auto"] = "auto"
     precision: Literal["fp32", "fp16", "bf16"] = "bf16"
+    jpeg_encoder: Literal["auto", "pillow", "nvjpeg"] = "auto"
+    encode_workers: PositiveInt | Literal["auto"] = "auto"
     threads: PositiveInt | None = None
     compile: bool = False
     ray_address: str | None = None
+    output_url: str | None = None
     gpus_per_task: Annotated[float, Field(ge=0.0)] = 0.0
     cpus_per_task: Annotated[float, Field(gt=0.0)] = 1.0
 

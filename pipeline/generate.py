@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from PIL import Image
 
 from pipeline.calibrate import directions_to_json, load_directions, load_steer_plan
 from pipeline.config import ConfigError, Params, PipelineError
@@ -23,20 +21,27 @@ from pipeline.faces.attributes import AttributeAnalyzer, AttributeBatch, attribu
 from pipeline.fingerprint import source_fingerprint
 from pipeline.generators import load_models
 from pipeline.identities.sampling import check_variation, input_transforms, make_ws, sample_seed
-from pipeline.runtime.device import apply_threads, autocast, batch_size, effective_precision, resolve_devices
+from pipeline.runtime.device import (
+    apply_threads,
+    autocast,
+    batch_size,
+    effective_precision,
+    probe_batch_size,
+    resolve_devices,
+    synthesis_batch,
+)
 from pipeline.runtime.executors import EXECUTORS
 from pipeline.runtime.progress import progress
 from pipeline.shards.candidates import (
     MANIFEST,
     ShardSpec,
+    ShardStore,
     candidate_schema,
     plan_shards,
-    read_marker,
     sample_key,
-    shard_problem,
-    write_shard,
 )
-from pipeline.shards.io import remove_stale_temporaries, write_json_atomic
+from pipeline.shards.encode import JPEG_ENCODERS, BoundedPool, default_workers, encode, resolve_jpeg_encoder
+from pipeline.shards.io import write_json_atomic
 from pipeline.steering import ShardSteerer
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,8 @@ log = logging.getLogger(__name__)
 #: Seed of the fixed batch that centres a randomly initialised embedder (independent of params.seed).
 CALIBRATION_SEED = 2**31 - 1
 CALIBRATION_SAMPLES = 64
+#: Keys of the host arrays that `FacePass.compute` hands to `FacePass.encode`.
+HOST_PIXELS, HOST_CROPS = "_pixels", "_crops"
 #: Params sections that shape a candidate shard's bytes (identities.count only decides how many shards).
 SHAPING_SECTIONS = (
     "seed", "generator", "identities.images_per_identity", "identities.oversample",
@@ -64,20 +71,6 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
-def encode(array: np.ndarray, fmt: str, quality: int = 95) -> bytes:
-    """HWC uint8 -> encoded bytes (deterministic for a given Pillow build)."""
-    buf = io.BytesIO()
-    if fmt == "png":
-        Image.fromarray(array).save(buf, format="PNG", compress_level=6)
-    elif fmt == "jpg":
-        Image.fromarray(array).save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
-    elif fmt == "webp":
-        Image.fromarray(array).save(buf, format="WEBP", quality=quality, method=4)
-    else:
-        raise ValueError(f"unknown image format {fmt!r} (jpg, png, webp)")
-    return buf.getvalue()
-
-
 def synthesize(
     generator: torch.nn.Module,
     ws: torch.Tensor,
@@ -85,8 +78,18 @@ def synthesize(
     noise_mode: str,
     seeds: list[int] | None = None,
     transforms: np.ndarray | None = None,
+    micro_batch: int | None = None,
 ) -> torch.Tensor:
-    """fp32: every layer in fp32; fp16: the network's own fp16 layers (NVIDIA's mixed precision); bf16: autocast."""
+    """fp32: every layer in fp32; fp16: the network's own fp16 layers (NVIDIA's mixed precision); bf16: autocast.
+    `micro_batch` images per generator call (None = all at once); per-image results do not depend on it."""
+    step = micro_batch or len(ws)
+    if len(ws) > step:
+        return torch.cat([
+            synthesize(generator, ws[lo : lo + step], precision, noise_mode,
+                       None if seeds is None else seeds[lo : lo + step],
+                       None if transforms is None else transforms[lo : lo + step])
+            for lo in range(0, len(ws), step)
+        ])  # fmt: skip
     kwargs: dict[str, Any] = {"noise_mode": noise_mode, "force_fp32": precision != "fp16"}
     if noise_mode == "random" and seeds is not None:  # per-sample noise from the sample's own seed
         kwargs["noise_generators"] = [torch.Generator().manual_seed(s) for s in seeds]
@@ -112,6 +115,8 @@ class FacePass:
         self.device = device
         self.precision = effective_precision(params.runtime, device)
         self.batch_size = batch_size(params.runtime, device)
+        self.jpeg_encoder = resolve_jpeg_encoder(params.runtime.jpeg_encoder, device)
+        self.jpeg = JPEG_ENCODERS.create(self.jpeg_encoder, device=device)
         g = params.generator
         self.generator, disc = load_models(
             g.model, device, resolution=g.resolution, weights_dir=weights_dir, lock_path=lock_path
@@ -130,8 +135,19 @@ class FacePass:
         )
         if params.runtime.compile:
             self.generator.synthesis = torch.compile(self.generator.synthesis)
+        self.synthesis_batch = synthesis_batch(params.runtime, device, self.generator, self.batch_size)
+        workers = params.runtime.encode_workers
+        self.encoders = BoundedPool(default_workers() if workers == "auto" else workers)
         if self.faces.needs_calibration:
             self._calibrate()
+        if params.runtime.batch_size == "auto" and device.type == "cuda":
+            self.batch_size = probe_batch_size(self._probe, device)
+            self.synthesis_batch = synthesis_batch(params.runtime, device, self.generator, self.batch_size)
+
+    def _probe(self, n: int) -> None:
+        """One batch of n candidates of identity 0, for measuring memory (results are discarded)."""
+        variants = np.arange(n, dtype=np.int64) % self.params.identities.variants_per_identity
+        self.compute(np.zeros(n, np.int64), variants)
 
     @staticmethod
     def _per_sample(disc: torch.nn.Module | None) -> torch.nn.Module | None:
@@ -157,6 +173,7 @@ class FacePass:
             },
             "embedder_weights": self.faces.embedder.weights_name,
             "precision": self.precision,
+            "jpeg_encoder": self.jpeg_encoder,
         }
 
     def _calibrate(self) -> None:
@@ -168,7 +185,8 @@ class FacePass:
     def _synthesize(
         self, ws: torch.Tensor, seeds: list[int] | None = None, transforms: np.ndarray | None = None
     ) -> torch.Tensor:
-        return synthesize(self.generator, ws, self.precision, self.params.generator.noise_mode, seeds, transforms)
+        g = self.params.generator
+        return synthesize(self.generator, ws, self.precision, g.noise_mode, seeds, transforms, self.synthesis_batch)
 
     def _disc_scores(self, images: torch.Tensor) -> np.ndarray:
         if self.discriminator is None:
@@ -176,10 +194,11 @@ class FacePass:
         with torch.no_grad():
             return self.discriminator(images, None, force_fp32=True).float().flatten().cpu().numpy()
 
-    def __call__(
+    def compute(
         self, identities: np.ndarray, variants: np.ndarray, offsets: np.ndarray | None = None
     ) -> dict[str, Any]:
-        """Candidate columns for one batch of (identity, variant) pairs; `offsets` [N, w_dim] steer their w."""
+        """The device half of one batch of (identity, variant) pairs (`offsets` [N, w_dim] steer their w):
+        every candidate column but the encoded images, plus the host arrays `encode` turns into them."""
         ws = make_ws(self.generator, self.params, identities, variants, self.device, offsets)
         seeds = [sample_seed(self.params.seed, int(i), int(v)) for i, v in zip(identities, variants, strict=True)]
         raw = self._synthesize(ws, seeds, input_transforms(self.params, identities, variants))
@@ -190,7 +209,7 @@ class FacePass:
         found = faces.columns["det_prob"] > 0
         landmarks = np.stack(faces.columns["landmarks"]).reshape(-1, 5, 2)
         attributes = self.attributes(AttributeBatch(pixels, landmarks, found, ws))
-        return {
+        columns = {
             "key": [sample_key(int(i), int(v)) for i, v in zip(identities, variants, strict=True)],
             "identity": identities.astype(np.int64),
             "variant": variants.astype(np.int16),
@@ -200,18 +219,37 @@ class FacePass:
             "q_finite": finite.cpu().numpy().astype(np.float32),
             "q_disc": self._disc_scores(clean),
             **attributes,
-            "image": [encode(a, "jpg", 95) for a in pixels.cpu().numpy()],
-            "aligned": [encode(a, "png") for a in faces.crops],
+            HOST_CROPS: faces.crops,
         }
+        if self.jpeg.device_side:
+            columns["image"] = self.jpeg.on_device(pixels)
+        else:
+            columns[HOST_PIXELS] = pixels.cpu().numpy()
+        return columns
+
+    def encode(self, columns: dict[str, Any]) -> dict[str, Any]:
+        """The CPU half (runs on an encoder thread): JPEG of the full image unless the device made it,
+        lossless PNG of the aligned crop."""
+        pixels = columns.pop(HOST_PIXELS, None)
+        if pixels is not None:
+            columns["image"] = self.jpeg.on_host(pixels)
+        columns["aligned"] = [encode(a, "png") for a in columns.pop(HOST_CROPS)]
+        return columns
+
+    def __call__(
+        self, identities: np.ndarray, variants: np.ndarray, offsets: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """Candidate columns for one batch of (identity, variant) pairs, encoded in this thread."""
+        return self.encode(self.compute(identities, variants, offsets))
 
     def fitted_batch(
         self, identities: np.ndarray, variants: np.ndarray, offsets: np.ndarray | None = None
     ) -> dict[str, Any]:
-        """`self(...)` on as many leading pairs as fit in device memory: on out-of-memory the batch size is
+        """`compute(...)` on as many leading pairs as fit in device memory: on out-of-memory the batch size is
         halved for the rest of the run (down to 1, then the error stands). Callers continue after what ran."""
         while True:
             try:
-                return self(identities, variants, offsets)
+                return self.compute(identities, variants, offsets)
             except torch.OutOfMemoryError:
                 if len(identities) <= 1:
                     raise
@@ -230,14 +268,21 @@ class FacePass:
     def _batches(
         self, ids: np.ndarray, var: np.ndarray, offsets: np.ndarray | None, on_batch: Callable[[int], None]
     ) -> list[dict[str, Any]]:
-        """Candidate columns for all pairs, in batches of `batch_size` (which may shrink on out-of-memory)."""
-        parts: list[dict[str, Any]] = []
-        lo = 0
-        while lo < len(ids):
-            rows = slice(lo, lo + self.batch_size)
-            parts.append(self.fitted_batch(ids[rows], var[rows], None if offsets is None else offsets[rows]))
-            lo += len(parts[-1]["key"])
-            on_batch(len(parts[-1]["key"]))
+        """Candidate columns for all pairs, in batches of `batch_size` (which may shrink on out-of-memory).
+        Each batch is encoded on the CPU workers while the device computes the next ones."""
+
+        def device_batches() -> Iterator[dict[str, Any]]:
+            lo = 0
+            while lo < len(ids):
+                rows = slice(lo, lo + self.batch_size)
+                columns = self.fitted_batch(ids[rows], var[rows], None if offsets is None else offsets[rows])
+                lo += len(columns["key"])
+                yield columns
+
+        parts = []
+        for columns in self.encoders.map(self.encode, device_batches()):
+            parts.append(columns)
+            on_batch(len(columns["key"]))
         return parts
 
     def shard_table(self, spec: ShardSpec, fingerprint: str, on_batch: Callable[[int], None]) -> pa.Table:
@@ -302,6 +347,7 @@ def shard_fingerprint(params: Params, face_pass: FacePass) -> str:
         face_pass.generator.sha256,
         face_pass.faces.embedder.weights_name,
         face_pass.precision,
+        face_pass.jpeg_encoder,
         code_fingerprint(),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
@@ -314,34 +360,44 @@ def run_generate(
     lock_path: Path | None = None,
     calibration: Path | None = None,
 ) -> dict[str, Any]:
-    """Compute every missing or invalid shard, then write the candidate manifest; returns it."""
+    """Compute every missing or invalid shard, then write the candidate manifest; returns it.
+
+    Workers write shards to `runtime.output_url` when set (any fsspec URL that every worker can
+    reach), else straight into `out_dir`; finished shards are then copied into `out_dir`, which
+    is what DVC tracks and the later stages read."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if removed := remove_stale_temporaries(out_dir):
-        log.info("removed %d temporary files left by an interrupted run", removed)
+    store = ShardStore(params.runtime.output_url or out_dir)
+    local = ShardStore(out_dir)
+    for where in {store.url: store, local.url: local}.values():
+        if removed := where.remove_stale_temporaries():
+            log.info("removed %d temporary files left by an interrupted run in %s", removed, where.url)
     devices = resolve_devices(params.runtime)
     apply_threads(params.runtime)
     first = FacePass(params, devices[0], weights_dir, lock_path, calibration)
     fingerprint = shard_fingerprint(params, first)
     specs = plan_shards(params.identities.count, params.identities.shard_size)
-    _remove_unplanned(out_dir, {s.name for s in specs})
+    for where in {store.url: store, local.url: local}.values():
+        for name in where.remove_unplanned({s.name for s in specs}):
+            log.info("removed %s (outside identities.count)", name)
     todo = []
     for spec in specs:
-        problem = shard_problem(out_dir, spec, fingerprint)
+        problem = store.shard_problem(spec, fingerprint)
         if problem is not None:
             if problem != "not done":
                 log.warning("%s: recomputing (%s)", spec.name, problem)
             todo.append(spec)
-    log.info("generate: %d shards planned, %d to compute", len(specs), len(todo))
+    log.info("generate: %d shards planned, %d to compute in %s", len(specs), len(todo), store.url)
     per_identity = params.identities.variants_per_identity
     bar = progress(sum(s.stop - s.start for s in todo) * per_identity, "generate")
 
-    job = ShardJob(params, out_dir, fingerprint, weights_dir, lock_path, calibration)
+    job = ShardJob(params, store.url, fingerprint, weights_dir, lock_path, calibration)
     job.attach(first, bar.update)
     with bar:
-        for marker in EXECUTORS.create(params.runtime.executor, **executor_options(params)).run(todo, job, devices):
-            if isinstance(marker, _Deferred):
-                marker.future.result()  # the last writes of each worker
-    markers = [read_marker(out_dir, s) for s in specs]
+        EXECUTORS.create(params.runtime.executor, **executor_options(params)).run(todo, job, devices)
+    if store.url != local.url:
+        for spec in specs:
+            store.fetch(spec, out_dir)
+    markers = [local.read_marker(s) for s in specs]
     manifest = {
         **first.info,
         "fingerprint": fingerprint,
@@ -356,23 +412,20 @@ def run_generate(
 
 
 class ShardJob:
-    """Computes and writes shards on a device; picklable, so a Ray worker can rebuild it from its fields.
-
-    Within a process the first FacePass and the progress bar are reused (not pickled). Writing a
-    shard's Parquet runs on a background thread while the next shard is computed; at most one
-    finished table waits, so memory does not grow with the number of shards.
-    """
+    """Builds, per device, the worker that computes and writes shards; picklable, so a Ray worker can
+    rebuild it from its fields. Within a process the first FacePass and the progress bar are reused
+    (not pickled)."""
 
     def __init__(
         self,
         params: Params,
-        out_dir: Path,
+        store_url: str | Path,
         fingerprint: str,
         weights_dir: Path | None = None,
         lock_path: Path | None = None,
         calibration: Path | None = None,
     ):
-        self.params, self.out_dir, self.fingerprint = params, out_dir, fingerprint
+        self.params, self.store_url, self.fingerprint = params, str(store_url), fingerprint
         self.weights_dir, self.lock_path, self.calibration = weights_dir, lock_path, calibration
         self._local: dict[str, Any] = {}
 
@@ -382,50 +435,41 @@ class ShardJob:
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_local"} | {"_local": {}}
 
-    def __call__(self, device: torch.device) -> Callable[[ShardSpec], dict]:
+    def __call__(self, device: torch.device) -> ShardWorker:
         apply_threads(self.params.runtime)  # again in a Ray worker, which starts with one thread
-        reuse = self._local.get("face_pass")
-        face_pass = reuse if reuse is not None and reuse.device == device else None
-        face_pass = face_pass or FacePass(self.params, device, self.weights_dir, self.lock_path, self.calibration)
-        on_batch = self._local.get("on_batch") or (lambda n: None)
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
-        pending: list[Future] = []
+        reuse = self._local.pop("face_pass", None)  # one worker takes it; every other device builds its own
+        if reuse is None or reuse.device != device:
+            reuse = FacePass(self.params, device, self.weights_dir, self.lock_path, self.calibration)
+        return ShardWorker(reuse, self, self._local.get("on_batch") or (lambda n: None))
 
-        def work(spec: ShardSpec) -> dict:
-            table = face_pass.shard_table(spec, self.fingerprint, on_batch)
-            while pending:  # one write in flight at most
-                pending.pop().result()
-            future = writer.submit(self._write, spec, table)
-            pending.append(future)
-            return _Deferred(future)  # type: ignore[return-value]
 
-        return work
+class ShardWorker:
+    """Computes shards on one device; each shard's Parquet is written on a background thread while the
+    next shard is computed. At most one finished table waits, so memory does not grow with the shards;
+    `flush` waits for the last write (and raises its error)."""
 
-    def _write(self, spec: ShardSpec, table: pa.Table) -> dict:
+    def __init__(self, face_pass: FacePass, job: ShardJob, on_batch: Callable[[int], None]):
+        self.face_pass, self.job, self.on_batch = face_pass, job, on_batch
+        self.store = ShardStore(job.store_url)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._pending: Future | None = None
+
+    def __call__(self, spec: ShardSpec) -> None:
+        table = self.face_pass.shard_table(spec, self.job.fingerprint, self.on_batch)
+        self.flush()
+        self._pending = self._writer.submit(self._write, spec, table)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write(self, spec: ShardSpec, table: pa.Table) -> None:
         found = int((table.column("det_prob").to_numpy() > 0).sum())
         stats = {"samples": table.num_rows, "faces_found": found}
-        return write_shard(self.out_dir, spec, table, self.fingerprint, stats)
-
-
-class _Deferred(dict):
-    """A marker still being written; the executor's caller reads markers from disk after all work is done."""
-
-    def __init__(self, future: Future):
-        super().__init__()
-        self.future = future
-
-    def __reduce__(self):  # Ray returns it across processes: wait for the write, send the marker itself
-        return dict, (self.future.result(),)
+        self.store.write_shard(spec, table, self.job.fingerprint, stats)
 
 
 def executor_options(params: Params) -> dict[str, Any]:
     r = params.runtime
     return {"address": r.ray_address, "gpus_per_task": r.gpus_per_task, "cpus_per_task": r.cpus_per_task}
-
-
-def _remove_unplanned(out_dir: Path, planned: set[str]) -> None:
-    """Drop shards beyond the current plan (identities.count was lowered) so no stale file lingers."""
-    for path in sorted(out_dir.glob("shard-*.parquet")) + sorted(out_dir.glob("shard-*.json")):
-        if path.stem not in planned:
-            path.unlink()
-            log.info("removed %s (outside identities.count)", path.name)

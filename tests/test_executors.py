@@ -49,7 +49,7 @@ def test_ray_tasks_give_the_bytes_of_the_local_executor(reference: dict[str, str
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        params = one_thread(executor="ray")
+        params = one_thread(executor="ray", output_url=(tmp_path / "store").as_uri())  # workers write via fsspec
         run_generate(params, tmp_path)
         assert len(ray.nodes()) == 1
     finally:
@@ -66,7 +66,7 @@ def test_shard_job_pickles_without_its_models(face_pass: FacePass, tmp_path: Pat
 
 def test_out_of_memory_halves_the_batch_instead_of_failing(monkeypatch: pytest.MonkeyPatch) -> None:
     fp = FacePass(small_params(runtime={"batch_size": 8}), torch.device("cpu"))
-    real = FacePass.__call__
+    real = FacePass.compute
     sizes = []
 
     def limited(self, identities, variants, offsets=None):
@@ -75,7 +75,7 @@ def test_out_of_memory_halves_the_batch_instead_of_failing(monkeypatch: pytest.M
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(self, identities, variants, offsets)
 
-    monkeypatch.setattr(FacePass, "__call__", limited)
+    monkeypatch.setattr(FacePass, "compute", limited)
     from pipeline.shards.candidates import ShardSpec
 
     table = fp.shard_table(ShardSpec(0, 0, 3), "x", lambda n: None)

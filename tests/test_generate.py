@@ -13,8 +13,8 @@ import pytest
 
 from pipeline.faces.quality import QUALITY_COLUMNS
 from pipeline.generate import run_generate, shard_fingerprint
-from pipeline.shards.candidates import ShardSpec, plan_shards, read_candidates, shard_problem
-from pipeline.shards.io import atomic_path, remove_stale_temporaries, sha256_file
+from pipeline.shards.candidates import ShardSpec, ShardStore, plan_shards, read_candidates
+from pipeline.shards.io import atomic_path, sha256_file
 
 from .conftest import small_params
 
@@ -83,8 +83,8 @@ def test_damaged_shard_is_detected_and_recomputed(generated: Path, tmp_path: Pat
         (tmp_path / "shard-000001.json").unlink()
     params = small_params()
     fingerprint = shard_fingerprint(params, face_pass)
-    assert shard_problem(tmp_path, plan_shards(6, 3)[1], fingerprint) is not None
-    assert shard_problem(tmp_path, plan_shards(6, 3)[0], fingerprint) is None
+    assert ShardStore(tmp_path).shard_problem(plan_shards(6, 3)[1], fingerprint) is not None
+    assert ShardStore(tmp_path).shard_problem(plan_shards(6, 3)[0], fingerprint) is None
     run_generate(params, tmp_path)
     assert victim.read_bytes() == (generated / "shard-000001.parquet").read_bytes()
 
@@ -122,7 +122,7 @@ def test_atomic_path_replaces_only_when_complete(tmp_path: Path) -> None:
 def test_stale_temporaries_are_cleaned(tmp_path: Path) -> None:
     (tmp_path / f".shard-000000.parquet.tmp-{os.getpid() + 1}").write_bytes(b"x")
     (tmp_path / "keep.parquet").write_bytes(b"y")
-    assert remove_stale_temporaries(tmp_path) == 1
+    assert ShardStore(tmp_path).remove_stale_temporaries() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["keep.parquet"]
 
 
@@ -157,12 +157,10 @@ def test_non_finite_generator_output_is_rejected(face_pass, monkeypatch: pytest.
 def _write_shard_with(args: tuple[str, int]) -> None:
     import pyarrow as pa
 
-    from pipeline.shards.candidates import write_shard
-
     folder, value = args
     table = pa.table({"x": pa.array([value] * 200_000, pa.int64())})
     for _ in range(5):
-        write_shard(Path(folder), ShardSpec(0, 0, 1), table, f"fp-{value}", {"samples": 200_000})
+        ShardStore(folder).write_shard(ShardSpec(0, 0, 1), table, f"fp-{value}", {"samples": 200_000})
 
 
 def test_concurrent_writers_of_one_shard_never_mix(tmp_path: Path) -> None:
@@ -178,4 +176,4 @@ def test_concurrent_writers_of_one_shard_never_mix(tmp_path: Path) -> None:
     if sha256_file(tmp_path / "shard-000000.parquet") == marker["sha256"]:  # a consistent pair is one writer's
         assert values == {int(marker["fingerprint"][-1])}
     else:  # a mixed pair is caught by the resume check
-        assert shard_problem(tmp_path, ShardSpec(0, 0, 1), marker["fingerprint"]) is not None
+        assert ShardStore(tmp_path).shard_problem(ShardSpec(0, 0, 1), marker["fingerprint"]) is not None

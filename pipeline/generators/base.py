@@ -32,6 +32,9 @@ class Generator(nn.Module):
     license_id: str = "other"
     #: sha256 of the weights file (or of a version tag for weightless generators): `model_sha256`.
     sha256: str = ""
+    #: Images per synthesis call on a CPU (None = the whole batch). Convolutional generators are
+    #: memory-bound there: one image at a time is fastest (bench/generator.py: batch 1 is 1.8x batch 4).
+    cpu_batch: int | None = 1
 
     def forward(
         self,

@@ -60,6 +60,7 @@ class SmokeGenerator(Generator):
     label = LABEL
     license = "Apache-2.0 (synthfaces code; no learned weights)"
     license_id = "apache-2.0"
+    cpu_batch = None  # a vectorised renderer: whole batches are fastest
 
     def __init__(self, resolution: int = 128):
         super().__init__()

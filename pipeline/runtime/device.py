@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -39,9 +40,55 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 
 def batch_size(runtime: RuntimeParams, device: torch.device) -> int:
+    """`runtime.batch_size`; for auto, the starting point (CUDA refines it with `probe_batch_size`)."""
     if runtime.batch_size != "auto":
         return runtime.batch_size
     return 64 if device.type == "cuda" else 32
+
+
+#: Largest batch `auto` picks, and the share of free device memory it may plan to use.
+MAX_AUTO_BATCH, MEMORY_HEADROOM = 512, 0.8
+
+
+def fit_batch(fixed_bytes: float, per_sample_bytes: float, free_bytes: float, cap: int = MAX_AUTO_BATCH) -> int:
+    """The largest batch, a power of two up to `cap`, whose planned memory fits the headroom of free memory."""
+    budget = MEMORY_HEADROOM * free_bytes - max(fixed_bytes, 0.0)
+    fits = int(budget // max(per_sample_bytes, 1.0))
+    if fits < 1:
+        return 1
+    return min(cap, 1 << (fits.bit_length() - 1))
+
+
+def probe_batch_size(run: Callable[[int], object], device: torch.device, sizes: tuple[int, int] = (2, 4)) -> int:
+    """CUDA: run two small batches, fit peak memory = fixed + n x per-sample, and take the largest batch
+    that fits (out-of-memory later still halves it). Elsewhere: the CPU default."""
+    if device.type != "cuda":
+        return 32
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    peaks = []
+    for n in sizes:
+        torch.cuda.reset_peak_memory_stats(device)
+        run(n)
+        torch.cuda.synchronize(device)
+        peaks.append(torch.cuda.max_memory_allocated(device) - base)
+    per_sample = (peaks[1] - peaks[0]) / (sizes[1] - sizes[0])
+    fixed = peaks[0] - sizes[0] * per_sample
+    free, _ = torch.cuda.mem_get_info(device)
+    reserved_idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    chosen = fit_batch(fixed, per_sample, free + reserved_idle)
+    log.info("batch_size auto: %d (%.1f MiB per image, %.0f MiB free)", chosen, per_sample / 2**20, free / 2**20)
+    return chosen
+
+
+def synthesis_batch(runtime: RuntimeParams, device: torch.device, generator: torch.nn.Module, batch: int) -> int:
+    """Images per generator call: `runtime.synthesis_batch`, else the whole batch on CUDA and the
+    generator's `cpu_batch` on a CPU."""
+    if runtime.synthesis_batch != "auto":
+        return min(runtime.synthesis_batch, batch)
+    if device.type == "cuda":
+        return batch
+    return min(getattr(generator, "cpu_batch", None) or batch, batch)
 
 
 def apply_threads(runtime: RuntimeParams) -> None:

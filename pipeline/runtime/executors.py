@@ -21,15 +21,22 @@ from pipeline.shards.candidates import ShardSpec
 
 log = logging.getLogger(__name__)
 
-#: Builds, once per device, the function that computes and writes one shard.
-WorkerFactory = Callable[[torch.device], Callable[[ShardSpec], dict]]
+
+class Worker(Protocol):
+    """Computes and writes one shard per call; `flush` waits until everything it was given is written."""
+
+    def __call__(self, spec: ShardSpec) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+#: Builds, once per device, the worker that computes and writes shards.
+WorkerFactory = Callable[[torch.device], Worker]
 
 
 class Executor(Protocol):
-    def run(
-        self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]
-    ) -> list[dict]:
-        """Compute every spec; return their markers in spec order."""
+    def run(self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]) -> None:
+        """Compute and write every spec (any order, any device); return when all are written."""
         ...
 
 
@@ -39,30 +46,21 @@ class LocalExecutor:
     def __init__(self, **_: Any):
         pass
 
-    def run(
-        self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]
-    ) -> list[dict]:
+    def run(self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]) -> None:
         if not specs:
-            return []
-        if len(devices) == 1:
-            worker = make_worker(devices[0])
-            return [worker(spec) for spec in specs]
-        todo: queue.Queue[tuple[int, ShardSpec]] = queue.Queue()
-        for item in enumerate(specs):
-            todo.put(item)
-        results: dict[int, dict] = {}
-        errors: list[BaseException] = []
+            return
+        todo: queue.Queue[ShardSpec] = queue.Queue()
+        for spec in specs:
+            todo.put(spec)
         stop = threading.Event()
+        if len(devices) == 1:  # in the caller's thread, so Ctrl-C stops it at once
+            _drain(make_worker(devices[0]), todo, stop)
+            return
+        errors: list[BaseException] = []
 
         def loop(device: torch.device) -> None:
             try:
-                worker = make_worker(device)
-                while not stop.is_set():
-                    try:
-                        index, spec = todo.get_nowait()
-                    except queue.Empty:
-                        return
-                    results[index] = worker(spec)
+                _drain(make_worker(device), todo, stop)
             except BaseException as err:  # re-raised in the caller's thread
                 errors.append(err)
                 stop.set()
@@ -74,7 +72,19 @@ class LocalExecutor:
             t.join()
         if errors:
             raise errors[0]
-        return [results[i] for i in range(len(specs))]
+
+
+def _drain(worker: Worker, todo: queue.Queue[ShardSpec], stop: threading.Event) -> None:
+    """Take shards from `todo` until it is empty (or another worker failed); the last write is waited for."""
+    try:
+        while not stop.is_set():
+            try:
+                spec = todo.get_nowait()
+            except queue.Empty:
+                return
+            worker(spec)
+    finally:
+        worker.flush()
 
 
 class RayExecutor:
@@ -86,39 +96,40 @@ class RayExecutor:
     def __init__(self, address: str | None = None, gpus_per_task: float = 0.0, cpus_per_task: float = 1.0, **_: Any):
         self.address, self.gpus, self.cpus = address, gpus_per_task, cpus_per_task
 
-    def run(
-        self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]
-    ) -> list[dict]:
+    def run(self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]) -> None:
         try:
             import ray
         except ImportError:
             raise RuntimeError("runtime.executor: ray needs the ray extra: uv sync --extra ray") from None
         if not specs:
-            return []
+            return
         started = not ray.is_initialized()
         if started:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         try:
             task = ray.remote(num_gpus=self.gpus, num_cpus=self.cpus)(_ray_shard)
             factory = ray.put(make_worker)
-            refs = [task.remote(factory, spec) for spec in specs]
-            return ray.get(refs)
+            ray.get([task.remote(factory, spec) for spec in specs])
         finally:
             if started:
                 ray.shutdown()
 
 
-_WORKERS: dict[int, Callable[[ShardSpec], dict]] = {}
+_WORKERS: dict[int, Worker] = {}
 
 
-def _ray_shard(make_worker: WorkerFactory, spec: ShardSpec) -> dict:
-    """Inside a Ray worker process: build the worker once (keyed by factory), then compute one shard."""
+def _ray_shard(make_worker: WorkerFactory, spec: ShardSpec) -> str:
+    """Inside a Ray worker process: build the worker once (keyed by factory), then compute and write one
+    shard (the task ends when its shard is on disk)."""
     key = id(make_worker)
     if key not in _WORKERS:
         _WORKERS.clear()
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         _WORKERS[key] = make_worker(device)
-    return _WORKERS[key](spec)
+    worker = _WORKERS[key]
+    worker(spec)
+    worker.flush()
+    return spec.name
 
 
 EXECUTORS: Registry[Executor] = Registry("executor")

@@ -6,8 +6,13 @@ Parquet file beside it has the recorded size and sha256; anything else is recomp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import PipelineError
 from pipeline.faces.quality import QUALITY_COLUMNS
 from pipeline.shards.io import atomic_path, sha256_file, write_json_atomic
 
@@ -69,59 +75,125 @@ def candidate_schema(attribute_fields: list[pa.Field]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def marker_path(folder: Path, spec: ShardSpec) -> Path:
-    return folder / f"{spec.name}.json"
+class ShardStore:
+    """Where shard workers write candidate shards: a local folder or any fsspec URL (s3://, gs://,
+    file://, memory://), so workers on other machines can write where the driver can read.
 
-
-def parquet_path(folder: Path, spec: ShardSpec) -> Path:
-    return folder / f"{spec.name}.parquet"
-
-
-def write_shard(folder: Path, spec: ShardSpec, table: pa.Table, fingerprint: str, stats: dict[str, Any]) -> dict:
-    """Write the shard's Parquet atomically, then its marker (the completion signal).
-
-    Size and sha256 are taken from this writer's own temporary file, so a marker always describes
-    the bytes its writer produced: if concurrent writers leave a marker and a file from different
-    runs, the resume check sees the mismatch and recomputes.
+    A shard is written as Parquet then a JSON marker (the completion signal). Locally the file is
+    fsynced and renamed into place; on a remote store each file is uploaded whole to a temporary name,
+    then moved. Size and sha256 come from the writer's own bytes, so if concurrent writers leave a
+    marker and a file from different runs, the resume check sees the mismatch and recomputes.
     """
-    with atomic_path(parquet_path(folder, spec)) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=1024, write_statistics=False)
-        size, digest = tmp.stat().st_size, sha256_file(tmp)
-    marker = {
-        "shard": spec.name,
-        "identities": [spec.start, spec.stop],
-        "rows": table.num_rows,
-        "bytes": size,
-        "sha256": digest,
-        "fingerprint": fingerprint,
-        "stats": stats,
-    }
-    write_json_atomic(marker_path(folder, spec), marker)
-    return marker
 
+    def __init__(self, location: str | Path):
+        from fsspec.core import url_to_fs
+        from fsspec.implementations.local import LocalFileSystem
 
-def read_marker(folder: Path, spec: ShardSpec) -> dict | None:
-    try:
-        return json.loads(marker_path(folder, spec).read_text())
-    except (OSError, ValueError):
+        self.url = str(location)
+        try:
+            self.fs, root = url_to_fs(self.url)
+        except (ImportError, ValueError) as err:
+            raise PipelineError(f"runtime.output_url: cannot open {self.url!r}: {err}") from None
+        self.root = root.rstrip("/")
+        self.local = isinstance(self.fs, LocalFileSystem)
+
+    def path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def _put(self, source: Path, name: str) -> None:
+        """Upload a finished local file under `name`: whole, to a temporary name, then moved into place."""
+        tmp = self.path(f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self.fs.makedirs(self.root, exist_ok=True)
+        self.fs.put_file(str(source), tmp)
+        self.fs.mv(tmp, self.path(name))
+
+    def write_shard(self, spec: ShardSpec, table: pa.Table, fingerprint: str, stats: dict[str, Any]) -> dict:
+        """Write the shard's Parquet, then its marker; returns the marker."""
+        folder = Path(self.root) if self.local else Path(tempfile.mkdtemp(prefix="synthfaces-shard-"))
+        try:
+            with atomic_path(folder / f"{spec.name}.parquet") as tmp:
+                pq.write_table(table, tmp, compression="zstd", row_group_size=1024, write_statistics=False)
+                size, digest = tmp.stat().st_size, sha256_file(tmp)
+            marker = {
+                "shard": spec.name,
+                "identities": [spec.start, spec.stop],
+                "rows": table.num_rows,
+                "bytes": size,
+                "sha256": digest,
+                "fingerprint": fingerprint,
+                "stats": stats,
+            }
+            write_json_atomic(folder / f"{spec.name}.json", marker)
+            if not self.local:
+                self._put(folder / f"{spec.name}.parquet", f"{spec.name}.parquet")
+                self._put(folder / f"{spec.name}.json", f"{spec.name}.json")
+        finally:
+            if not self.local:
+                shutil.rmtree(folder, ignore_errors=True)
+        return marker
+
+    def read_marker(self, spec: ShardSpec) -> dict | None:
+        try:
+            return json.loads(self.fs.cat_file(self.path(f"{spec.name}.json")))
+        except (OSError, ValueError):
+            return None
+
+    def _sha256(self, path: str) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def shard_problem(self, spec: ShardSpec, fingerprint: str) -> str | None:
+        """None when the shard is complete and valid, else why it must be (re)computed."""
+        marker = self.read_marker(spec)
+        if marker is None:
+            return "not done"
+        if marker.get("fingerprint") != fingerprint or marker.get("identities") != [spec.start, spec.stop]:
+            return "params or code changed"
+        path = self.path(f"{spec.name}.parquet")
+        if not self.fs.isfile(path):
+            return "parquet file missing"
+        size = self.fs.size(path)
+        if size != marker.get("bytes"):
+            return f"size {size} != recorded {marker.get('bytes')} (truncated or corrupt)"
+        if self._sha256(path) != marker.get("sha256"):
+            return "sha256 mismatch (corrupt)"
         return None
 
+    def remove_stale_temporaries(self) -> int:
+        """Delete leftovers of killed writers (`.NAME.tmp-PID-...`); returns how many."""
+        stale = self.fs.glob(self.path(".*.tmp-*")) if self.fs.isdir(self.root) else []
+        for path in stale:
+            self.fs.rm_file(path)
+        return len(stale)
 
-def shard_problem(folder: Path, spec: ShardSpec, fingerprint: str) -> str | None:
-    """None when the shard is complete and valid, else why it must be (re)computed."""
-    marker = read_marker(folder, spec)
-    if marker is None:
-        return "not done"
-    if marker.get("fingerprint") != fingerprint or marker.get("identities") != [spec.start, spec.stop]:
-        return "params or code changed"
-    path = parquet_path(folder, spec)
-    if not path.is_file():
-        return "parquet file missing"
-    if path.stat().st_size != marker.get("bytes"):
-        return f"size {path.stat().st_size} != recorded {marker.get('bytes')} (truncated or corrupt)"
-    if sha256_file(path) != marker.get("sha256"):
-        return "sha256 mismatch (corrupt)"
-    return None
+    def remove_unplanned(self, planned: set[str]) -> list[str]:
+        """Drop shards outside the plan (identities.count was lowered) so no stale file lingers."""
+        if not self.fs.isdir(self.root):
+            return []
+        removed = []
+        for path in sorted(self.fs.glob(self.path("shard-*.parquet")) + self.fs.glob(self.path("shard-*.json"))):
+            name = path.rsplit("/", 1)[-1]
+            if name.rsplit(".", 1)[0] not in planned:
+                self.fs.rm_file(path)
+                removed.append(name)
+        return removed
+
+    def fetch(self, spec: ShardSpec, folder: Path) -> None:
+        """Copy a finished shard into a local folder (Parquet first, marker last), unless already there."""
+        local = ShardStore(folder)
+        marker = self.read_marker(spec)
+        if marker is None:
+            raise PipelineError(f"{self.path(spec.name)}: no marker after generation (a worker failed?)")
+        if local.shard_problem(spec, marker["fingerprint"]) is None:
+            return
+        with atomic_path(folder / f"{spec.name}.parquet") as tmp:
+            self.fs.get_file(self.path(f"{spec.name}.parquet"), str(tmp))
+            if sha256_file(tmp) != marker["sha256"]:
+                raise PipelineError(f"{self.path(spec.name)}.parquet: sha256 differs from its marker while copying")
+        write_json_atomic(folder / f"{spec.name}.json", marker)
 
 
 def read_candidates(folder: str | Path, columns: list[str] | None = None) -> pa.Table:

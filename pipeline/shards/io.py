@@ -47,11 +47,3 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete leftovers of killed writers (`.NAME.tmp-PID`); returns how many."""
-    stale = list(folder.glob(".*.tmp-*")) if folder.is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
