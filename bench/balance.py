@@ -10,11 +10,16 @@ target is found. Candidates needed = that prefix x candidates per identity; the 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# The repo root, not bench/, first on the path: bench/pipeline.py would shadow the `pipeline` package.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import logging
 import tempfile
 import time
-from pathlib import Path
 
 from pipeline.balance import BalanceError, select
 from pipeline.calibrate import run_calibrate

@@ -12,6 +12,12 @@ measured against exact search on a sample.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# The repo root, not bench/, first on the path: bench/pipeline.py would shadow the `pipeline` package.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import logging
 import resource

@@ -11,6 +11,12 @@ with the default min_face_size versus facenet-pytorch's default of 20 px, measur
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# The repo root, not bench/, first on the path: bench/pipeline.py would shadow the `pipeline` package.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import time
 

@@ -11,11 +11,16 @@ of our best throughput to the naive loop, measured in the same run on the same d
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# The repo root, not bench/, first on the path: bench/pipeline.py would shadow the `pipeline` package.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -15,8 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# As a script, this folder would come first on sys.path and this file would shadow the `pipeline`
-# package: put the repository root there instead.
+# The repo root, not bench/, first on the path: bench/pipeline.py would shadow the `pipeline` package.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse

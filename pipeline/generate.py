@@ -59,6 +59,7 @@ SHAPING_SECTIONS = (
 #: Library code whose change must invalidate finished shards (dvc.yaml lists the same paths as deps).
 CODE_PATHS = (
     "generate.py", "steering.py", "generators", "faces", "identities/sampling.py", "shards/candidates.py",
+    "shards/encode.py",
 )  # fmt: skip
 
 
