@@ -4,8 +4,12 @@ On the smoke preset (true attributes known), both modes generate the same identi
 the real filter and dedup, the smallest prefix of identities from which `balance.select` meets the
 target is found. Candidates needed = that prefix x candidates per identity; the ratio is the figure.
 
-    uv run python bench/balance.py                         # smoke_hair light 0.8 (natural ~0.5)
-    uv run python bench/balance.py --attribute smoke_skin --cls dark --share 0.5
+For a target share p of a class whose natural rate is q, select needs at least p/q x as many
+identities as the dataset has, steer at least 1x: p/q bounds the ratio any steering can reach
+(1.6x for 80/20 from 50/50), before curation losses.
+
+    uv run python bench/balance.py                         # smoke_hair light 0.8 (natural ~0.55)
+    uv run python bench/balance.py --attribute smoke_skin --cls light --share 0.8 --dataset 120 --max-identities 600
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import logging
+import os
 import tempfile
 import time
 
@@ -53,6 +58,15 @@ def needed(curation, params, step: int) -> int | None:
     return None
 
 
+def curated_share(curation, params, column: str, cls: str) -> tuple[int, float]:
+    """Identities with enough kept samples after filter + dedup, and the share of `cls` among them."""
+    kept = curation[curation["keep"]]
+    counts = kept.groupby("identity").size()
+    eligible = counts[counts >= params.dataset.images_per_identity].index
+    labels = kept.drop_duplicates("identity").set_index("identity").loc[eligible, column]
+    return len(eligible), float((labels == cls).mean()) if len(eligible) else 0.0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--attribute", default="smoke_hair")
@@ -61,8 +75,10 @@ def main() -> None:
     p.add_argument("--dataset", type=int, default=60, help="identities in the dataset")
     p.add_argument("--max-identities", type=int, default=360)
     p.add_argument("--step", type=int, default=4)
+    p.add_argument("--modes", default="select,steer", help="comma-separated: select, steer")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("SYNTHFACES_NO_PROGRESS", "1")
     raw = {
         "identities": {"count": args.max_identities, "images_per_identity": 3, "oversample": 1.34, "shard_size": 60},
         "dataset": {"identities": args.dataset, "images_per_identity": 3},
@@ -71,7 +87,7 @@ def main() -> None:
     smoke = deep_merge(_read_yaml(CONFIGS_DIR / "smoke.yaml", "smoke"), raw) | {"preset": "smoke"}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("select", "steer"):
+        for mode in args.modes.split(","):
             params = validate_params(deep_merge(smoke, {"balance": {"mode": mode}}))
             start = time.perf_counter()
             calibration = Path(tmp) / f"calib-{mode}"
@@ -81,10 +97,11 @@ def main() -> None:
             natural = (cand.drop_duplicates("identity")[f"attr_{args.attribute}"] == args.cls).mean()
             per = params.identities.variants_per_identity
             results[mode] = n * per if n else None
-            print(f"{mode:6s}: {args.attribute}={args.cls} in candidates {natural:.2f}; target {args.share:.2f} "
-                  f"of {args.dataset} identities met from {n} identities = {results[mode]} candidates "
-                  f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
-    if all(results.values()):
+            eligible, share = curated_share(cur, params, f"attr_{args.attribute}", args.cls)
+            print(f"{mode:6s}: {args.attribute}={args.cls} in candidates {natural:.2f}, among the {eligible} "
+                  f"curated identities {share:.2f}; target {args.share:.2f} of {args.dataset} identities met from "
+                  f"{n} identities = {results[mode]} candidates ({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    if len(results) == 2 and all(results.values()):
         print(f"select / steer candidates needed: {results['select'] / results['steer']:.2f}x")
     else:
         print("a mode fell short of the target within --max-identities; raise it")
