@@ -141,7 +141,7 @@ class FacePass:
         self.encoders = BoundedPool(default_workers() if workers == "auto" else workers)
         if self.faces.needs_calibration:
             self._calibrate()
-        if params.runtime.batch_size == "auto" and device.type == "cuda":
+        if params.runtime.batch_size == "auto":
             self.batch_size = probe_batch_size(self._probe, device)
             self.synthesis_batch = synthesis_batch(params.runtime, device, self.generator, self.batch_size)
 
@@ -223,7 +223,7 @@ class FacePass:
             HOST_CROPS: faces.crops,
         }
         if self.jpeg.device_side:
-            columns["image"] = self.jpeg.on_device(pixels)
+            columns["image"] = self.jpeg(pixels)
         else:
             columns[HOST_PIXELS] = pixels.cpu().numpy()
         return columns
@@ -233,7 +233,7 @@ class FacePass:
         lossless PNG of the aligned crop."""
         pixels = columns.pop(HOST_PIXELS, None)
         if pixels is not None:
-            columns["image"] = self.jpeg.on_host(pixels)
+            columns["image"] = self.jpeg(pixels)
         columns["aligned"] = [encode(a, "png") for a in columns.pop(HOST_CROPS)]
         return columns
 
@@ -369,7 +369,8 @@ def run_generate(
     out_dir.mkdir(parents=True, exist_ok=True)
     store = ShardStore(params.runtime.output_url or out_dir)
     local = ShardStore(out_dir)
-    for where in {store.url: store, local.url: local}.values():
+    stores = list({store.url: store, local.url: local}.values())  # one when workers write into out_dir
+    for where in stores:
         if removed := where.remove_stale_temporaries():
             log.info("removed %d temporary files left by an interrupted run in %s", removed, where.url)
     devices = resolve_devices(params.runtime)
@@ -377,7 +378,7 @@ def run_generate(
     first = FacePass(params, devices[0], weights_dir, lock_path, calibration)
     fingerprint = shard_fingerprint(params, first)
     specs = plan_shards(params.identities.count, params.identities.shard_size)
-    for where in {store.url: store, local.url: local}.values():
+    for where in stores:
         for name in where.remove_unplanned({s.name for s in specs}):
             log.info("removed %s (outside identities.count)", name)
     todo = []

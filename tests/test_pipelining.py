@@ -131,7 +131,7 @@ def test_probe_and_nvjpeg_on_cuda(tmp_path: Path) -> None:
     assert chosen >= 16
     pixels = torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.uint8, device=device)
     pixels[:, :32] = 200  # some structure, so a lossy round trip stays close
-    encoded = JPEG_ENCODERS.create("nvjpeg", device=device).on_device(pixels)
+    encoded = JPEG_ENCODERS.create("nvjpeg", device=device)(pixels)
     decoded = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in encoded])
     assert np.abs(decoded[:, :32].astype(int) - 200).mean() < 3
 

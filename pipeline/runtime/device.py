@@ -39,11 +39,15 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
+#: `batch_size: auto` on a CPU, and the CUDA starting point before the probe.
+CPU_BATCH, CUDA_START_BATCH = 32, 64
+
+
 def batch_size(runtime: RuntimeParams, device: torch.device) -> int:
     """`runtime.batch_size`; for auto, the starting point (CUDA refines it with `probe_batch_size`)."""
     if runtime.batch_size != "auto":
         return runtime.batch_size
-    return 64 if device.type == "cuda" else 32
+    return CUDA_START_BATCH if device.type == "cuda" else CPU_BATCH
 
 
 #: Largest batch `auto` picks, and the share of free device memory it may plan to use.
@@ -63,7 +67,7 @@ def probe_batch_size(run: Callable[[int], object], device: torch.device, sizes: 
     """CUDA: run two small batches, fit peak memory = fixed + n x per-sample, and take the largest batch
     that fits (out-of-memory later still halves it). Elsewhere: the CPU default."""
     if device.type != "cuda":
-        return 32
+        return CPU_BATCH
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     peaks = []

@@ -6,7 +6,6 @@ Parquet file beside it has the recorded size and sha256; anything else is recomp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import PipelineError
 from pipeline.faces.quality import QUALITY_COLUMNS
-from pipeline.shards.io import atomic_path, sha256_file, write_json_atomic
+from pipeline.shards.io import atomic_path, sha256_file, sha256_stream, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +137,6 @@ class ShardStore:
         except (OSError, ValueError):
             return None
 
-    def _sha256(self, path: str) -> str:
-        digest = hashlib.sha256()
-        with self.fs.open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-        return digest.hexdigest()
-
     def shard_problem(self, spec: ShardSpec, fingerprint: str) -> str | None:
         """None when the shard is complete and valid, else why it must be (re)computed."""
         marker = self.read_marker(spec)
@@ -158,7 +150,9 @@ class ShardStore:
         size = self.fs.size(path)
         if size != marker.get("bytes"):
             return f"size {size} != recorded {marker.get('bytes')} (truncated or corrupt)"
-        if self._sha256(path) != marker.get("sha256"):
+        with self.fs.open(path, "rb") as fh:
+            digest = sha256_stream(fh)
+        if digest != marker.get("sha256"):
             return "sha256 mismatch (corrupt)"
         return None
 

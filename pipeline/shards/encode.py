@@ -43,15 +43,11 @@ def encode(array: np.ndarray, fmt: str, quality: int = FULL_IMAGE_QUALITY) -> by
 
 
 class JpegEncoder(Protocol):
-    #: True: `on_device` encodes on the generator's device; False: `on_host` encodes host pixels on a CPU worker.
+    #: True: called in the device loop with pixels on the device; False: on a CPU worker with host pixels.
     device_side: bool
 
-    def on_device(self, pixels: torch.Tensor) -> list[bytes]:
-        """[B, H, W, 3] uint8 on the device -> one JPEG per image."""
-        ...
-
-    def on_host(self, pixels: np.ndarray) -> list[bytes]:
-        """[B, H, W, 3] uint8 in host memory -> one JPEG per image."""
+    def __call__(self, pixels: Any) -> list[bytes]:
+        """[B, H, W, 3] uint8 (a device tensor, or a host array) -> one JPEG per image."""
         ...
 
 
@@ -63,10 +59,7 @@ class PillowJpeg:
     def __init__(self, quality: int = FULL_IMAGE_QUALITY, **_: Any):
         self.quality = quality
 
-    def on_device(self, pixels: torch.Tensor) -> list[bytes]:
-        return self.on_host(pixels.cpu().numpy())
-
-    def on_host(self, pixels: np.ndarray) -> list[bytes]:
+    def __call__(self, pixels: np.ndarray) -> list[bytes]:
         return [encode(a, "jpg", self.quality) for a in pixels]
 
 
@@ -84,12 +77,9 @@ class CudaJpeg:
 
         self.quality, self._encode = quality, encode_jpeg
 
-    def on_device(self, pixels: torch.Tensor) -> list[bytes]:
+    def __call__(self, pixels: torch.Tensor) -> list[bytes]:
         chw = [img.contiguous() for img in pixels.permute(0, 3, 1, 2)]
         return [t.cpu().numpy().tobytes() for t in self._encode(chw, quality=self.quality)]
-
-    def on_host(self, pixels: np.ndarray) -> list[bytes]:
-        raise RuntimeError("nvjpeg encodes on the device only")
 
 
 JPEG_ENCODERS: Registry[JpegEncoder] = Registry("jpeg encoder")
