@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import FilterParams
+from pipeline.errors import PipelineError
 from pipeline.faces.quality import QUALITY_COLUMNS
 
 #: Candidate columns the filter reads (no pixels, no embeddings).
@@ -52,11 +53,28 @@ RULES: tuple[Rule, ...] = (
             (d.q_brightness < p.brightness[0]) | (d.q_brightness > p.brightness[1]) | (d.q_clipped > p.max_clipped)
         ),
     ),
+    Rule("low_quality", "SER-FIQ quality < filter.min_serfiq", lambda d, p: d.q_serfiq < p.min_serfiq),
+    Rule(
+        "unrealistic",
+        "discriminator logit < filter.min_disc_logit (off when null)",
+        lambda d, p: np.zeros(len(d), bool) if p.min_disc_logit is None else d.q_disc < p.min_disc_logit,
+    ),
 )
 
 
 def apply_filter(candidates: pd.DataFrame, params: FilterParams) -> pd.DataFrame:
-    """Keep/reject every candidate: columns key, identity, variant, keep, reason, reasons."""
+    """Keep/reject every candidate: columns key, identity, variant, keep, reason, reasons.
+
+    A discriminator threshold over candidates without a discriminator score is an error, not a silent
+    pass (NaN compares false) or a silent rejection of everything."""
+    if params.min_disc_logit is not None:
+        unscored = int(candidates["q_disc"].isna().sum())
+        if unscored:
+            raise PipelineError(
+                f"filter.min_disc_logit: {unscored} of {len(candidates)} candidates have no discriminator score "
+                "(q_disc is empty: the generator file carries no discriminator, or generator.disc_score was false "
+                "when they were generated); set filter.min_disc_logit: null, or regenerate with a discriminator"
+            )
     failed = np.stack([np.asarray(rule.rejects(candidates, params), dtype=bool) for rule in RULES], axis=1)
     names = np.array([rule.reason for rule in RULES], dtype=object)
     reasons = [list(names[row]) for row in failed]
