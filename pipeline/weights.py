@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Params as PipelineParams
-from pipeline.config import PipelineError
+from pipeline.errors import PipelineError
 from pipeline.runtime.progress import progress
 from pipeline.shards.io import sha256_file, write_json_atomic
 
@@ -28,6 +28,8 @@ NVIDIA_LICENSE = (
 OPENCLIP_LICENSE = "MIT (OpenCLIP); ViT-B-32 weights trained by LAION on LAION-2B (laion2b_s34b_b79k)"
 FACENET_LICENSE = "MIT (facenet-pytorch; weights trained by David Sandberg's facenet on VGGFace2 / CASIA-WebFace)"
 DEFAULT_LOCK = "weights.lock.json"
+#: The way out of every "weights missing" error: the smoke preset needs no download.
+OFFLINE_HINT = "To build offline without these weights, use the smoke preset: uv run dvc exp run -S preset=smoke"
 CHUNK = 1 << 20
 
 
@@ -81,6 +83,16 @@ WEIGHTS: dict[str, WeightsSpec] = {
 EMBEDDER_WEIGHTS = {"vggface2": "facenet-vggface2", "casia-webface": "facenet-casia-webface"}
 
 
+def find_embedder_checkpoint(weights: str, weights_dir: Path | None) -> Path | None:
+    """`weights_dir/<file>`, else `$TORCH_HOME/checkpoints/<file>` (facenet-pytorch's cache), else None."""
+    name = WEIGHTS[EMBEDDER_WEIGHTS[weights]].file
+    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    for folder in (weights_dir, torch_home / "checkpoints"):
+        if folder is not None and (folder / name).is_file():
+            return folder / name
+    return None
+
+
 class WeightsError(PipelineError):
     """A weights file is missing, incomplete, or not what the lock says; the message says what to do."""
 
@@ -100,15 +112,23 @@ class WeightsLock:
         write_json_atomic(self.path, self.entries)
 
 
-def verify(path: Path, lock: WeightsLock) -> str:
-    """sha256 of `path`, refused unless it equals the locked one (a file with no lock entry is locked now)."""
+def verify(path: Path, lock: WeightsLock, record: bool = False) -> str:
+    """sha256 of `path`, refused unless it equals the locked one. A file with no lock entry is locked when
+    `record` (only the weights stage records), else loaded with a warning: loading never writes the lock."""
     if not path.is_file():
         raise WeightsError(f"{path} not found: run `uv run dvc repro weights` (or the weights stage) to fetch it")
     digest = sha256_file(path)
     expected = lock.get(path.name)
-    if expected is None:
+    if expected is None and record:
         lock.record(path.name, digest)
         log.info("locked %s sha256 %s in %s", path.name, digest, lock.path)
+    elif expected is None:
+        log.warning(
+            "%s (sha256 %s) has no entry in %s, so it is not verified; the weights stage locks the files it fetches",
+            path,
+            digest[:16],
+            lock.path,
+        )
     elif digest != expected:
         raise WeightsError(
             f"{path}: sha256 {digest[:16]}… does not match {expected[:16]}… in {lock.path}: the file is corrupt or "
@@ -126,7 +146,7 @@ def fetch(
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / spec.file
     if final.is_file():
-        verify(final, lock)
+        verify(final, lock, record=True)
         return final
     url = url or spec.url
     part = dest_dir / f".{spec.file}.part"
@@ -138,11 +158,13 @@ def fetch(
         if err.code == 416 and have:  # range past the end: the partial file is already complete
             response = None
         else:
-            raise WeightsError(f"download of {spec.name} from {url} failed: HTTP {err.code} {err.reason}") from None
+            raise WeightsError(
+                f"download of {spec.name} from {url} failed: HTTP {err.code} {err.reason}. {OFFLINE_HINT}"
+            ) from None
     except (urllib.error.URLError, OSError) as err:
         raise WeightsError(
             f"download of {spec.name} from {url} failed ({getattr(err, 'reason', err)}); check the network, or place "
-            f"{spec.file} in {dest_dir}/ by hand (its sha256 is then locked on first use)"
+            f"{spec.file} in {dest_dir}/ by hand and run the weights stage again (it locks its sha256). {OFFLINE_HINT}"
         ) from None
     if response is not None:
         with response:
@@ -169,7 +191,7 @@ def fetch(
             raise WeightsError(f"download of {spec.file} stopped at {size} of {total} bytes; run again to resume")
     _check_payload(part, spec)
     os.replace(part, final)
-    verify(final, lock)
+    verify(final, lock, record=True)
     return final
 
 
@@ -203,8 +225,6 @@ def fetch_required(
     params: PipelineParams, dest_dir: Path, lock: WeightsLock, base_url: str | None = None
 ) -> dict[str, str]:
     """Fetch (or verify) every required file; optional ones are skipped when absent. Returns file -> sha256."""
-    from pipeline.faces.embed import find_checkpoint
-
     fetched: dict[str, str] = {}
     for spec, optional in required_weights(params):
         present = dest_dir / spec.file
@@ -212,9 +232,9 @@ def fetch_required(
             log.warning("weights: %s not present and attributes.clip_allow_random is set: CLIP is random", spec.file)
             continue
         if spec.kind == "embedder" and not present.is_file():
-            cached = find_checkpoint(params.embed.weights, None)
+            cached = find_embedder_checkpoint(params.embed.weights, None)
             if cached is not None:
-                fetched[spec.file] = verify(cached, lock)
+                fetched[spec.file] = verify(cached, lock, record=True)
                 continue
             if optional:
                 log.warning(
@@ -223,5 +243,5 @@ def fetch_required(
                 )
                 continue
         url = f"{base_url.rstrip('/')}/{spec.file}" if base_url else None
-        fetched[spec.file] = verify(fetch(spec, dest_dir, lock, url=url), lock)
+        fetched[spec.file] = verify(fetch(spec, dest_dir, lock, url=url), lock, record=True)
     return fetched

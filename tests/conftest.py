@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,13 @@ import pytest
 import torch
 
 from pipeline.config import Params, validate_params
+from pipeline.plugins import check_plugins
 
 os.environ.setdefault("SYNTHFACES_NO_PROGRESS", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parent.parent
+_STATUS = pytest.StashKey[set[str] | None]()
 
 
 def small_params(**overrides: Any) -> Params:
@@ -33,7 +36,7 @@ def small_params(**overrides: Any) -> Params:
         raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
     if raw["generator"]["model"] != "smoke" and "attributes" not in overrides:
         raw["attributes"] = {"estimators": ["pose"]}  # the smoke truth exists only for the smoke generator
-    return validate_params(raw)
+    return check_plugins(validate_params(raw))
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +80,29 @@ def exported_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_curation(select(deduped, params.dataset), root / "selection.parquet", SELECTION_FIELDS)
     run_export(params, cand, root / "selection.parquet", root / "dataset")
     return root / "dataset"
+
+
+def _git_status() -> set[str] | None:
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return set(out.stdout.splitlines()) if out.returncode == 0 else None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STATUS] = _git_status()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite must leave the checkout as it found it (no lock entries for test pickles, no stray files)."""
+    before, after = session.config.stash.get(_STATUS, None), _git_status()
+    if before is None or after is None or after <= before:
+        return
+    new = sorted(after - before)
+    session.config.get_terminal_writer().line(
+        "the test suite changed the checkout (git status --porcelain):\n  " + "\n  ".join(new), red=True
+    )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -3,7 +3,10 @@ sha256 lock on first download, and a one-line refusal with what to do for every 
 
 from __future__ import annotations
 
+import hashlib
 import http.server
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +170,32 @@ def test_missing_generator_weights_name_the_file_url_and_smoke(tmp_path: Path) -
         load_generator("stylegan2-ffhq-256x256", weights_dir=tmp_path, lock_path=tmp_path / "lock.json")
     message = str(info.value)
     assert SPEC.file in message and SPEC.url in message and "preset=smoke" in message
+
+
+def test_loading_never_writes_the_lock_only_the_weights_stage_does(
+    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lock_path = tmp_path / "lock.json"
+    lock_path.write_text("{}")
+    local = tmp_path / "mine.pkl"
+    local.write_bytes(PAYLOAD)
+    with caplog.at_level("WARNING", logger="pipeline.weights"):
+        digest = verify(local, WeightsLock(lock_path))  # a load: unverified, said so, nothing written
+    assert lock_path.read_text() == "{}" and "has no entry in" in caplog.text and digest[:16] in caplog.text
+    fetch(SPEC, tmp_path / "w", WeightsLock(lock_path), url=f"{server.url}/{SPEC.file}")  # the weights stage
+    assert WeightsLock(lock_path).get(SPEC.file) == hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def test_default_preset_offline_says_how_to_build_without_a_download(tmp_path: Path) -> None:
+    """What a new user sees on `uv run dvc repro` without network: the file, the URL, and the way out."""
+    from .conftest import REPO
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.weights", "--params", str(REPO / "params.yaml"), "--out", str(tmp_path / "w"),
+         "--lock", str(tmp_path / "lock.json"), "--base-url", "http://127.0.0.1:9"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: download of stylegan2-ffhq-256x256 from http://127.0.0.1:9/stylegan2-ffhq-256x256")
+    assert "uv run dvc exp run -S preset=smoke" in last and not (tmp_path / "lock.json").exists()

@@ -29,7 +29,7 @@ class ZeroShotClassifier:
     ):
         import open_clip
 
-        from pipeline.weights import WEIGHTS, WeightsError, WeightsLock, verify
+        from pipeline.weights import OFFLINE_HINT, WEIGHTS, WeightsError, WeightsLock, verify
 
         self.device = device
         arch = ARCHITECTURES[weights]
@@ -48,7 +48,7 @@ class ZeroShotClassifier:
         else:
             raise WeightsError(
                 f"{path} not found: run the weights stage (uv run dvc repro weights), or set "
-                "attributes.clip_allow_random: true for an offline plumbing test"
+                f"attributes.clip_allow_random: true for an offline plumbing test. {OFFLINE_HINT}"
             )
         self.model = model.to(device).eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(arch)

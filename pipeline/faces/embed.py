@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,30 +10,27 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.registry import Registry
+from pipeline.weights import (
+    DEFAULT_LOCK,
+    EMBEDDER_WEIGHTS,
+    OFFLINE_HINT,
+    WEIGHTS,
+    WeightsError,
+    WeightsLock,
+    find_embedder_checkpoint,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
-# File names and class counts of facenet-pytorch's release v2.2.9 checkpoints.
-CHECKPOINTS = {
-    "vggface2": ("20180402-114759-vggface2.pt", 8631),
-    "casia-webface": ("20180408-102900-casia-webface.pt", 10575),
-}
+#: Classes of the training set behind each of facenet-pytorch's checkpoints (the logits layer's size).
+TRAINING_CLASSES = {"vggface2": 8631, "casia-webface": 10575}
 RANDOM_INIT_SEED = 0
 #: InceptionResnetV1's layers up to the pooled features, in forward order.
 BACKBONE = (
     "conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a", "conv2d_4b",
     "repeat_1", "mixed_6a", "repeat_2", "mixed_7a", "repeat_3", "block8", "avgpool_1a",
 )  # fmt: skip
-
-
-def find_checkpoint(weights: str, weights_dir: Path | None) -> Path | None:
-    """`weights_dir/<file>`, else `$TORCH_HOME/checkpoints/<file>` (facenet-pytorch's cache), else None."""
-    name = CHECKPOINTS[weights][0]
-    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    for folder in (weights_dir, torch_home / "checkpoints"):
-        if folder is not None and (folder / name).is_file():
-            return folder / name
-    return None
 
 
 class InceptionResnetEmbedder:
@@ -59,18 +55,16 @@ class InceptionResnetEmbedder:
 
         self.input_size = input_size
         self.device = torch.device(device)
-        checkpoint = find_checkpoint(weights, weights_dir)
+        checkpoint = find_embedder_checkpoint(weights, weights_dir)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            net = InceptionResnetV1(pretrained=None, classify=False, num_classes=CHECKPOINTS[weights][1])
+            net = InceptionResnetV1(pretrained=None, classify=False, num_classes=TRAINING_CLASSES[weights])
         if checkpoint is None and not allow_random:
-            from pipeline.weights import EMBEDDER_WEIGHTS, WEIGHTS, WeightsError
-
             spec = WEIGHTS[EMBEDDER_WEIGHTS[weights]]
             raise WeightsError(
                 f"embed.weights: {spec.file} not found in {weights_dir or 'weights'}/ or $TORCH_HOME/checkpoints; "
                 f"fetch it with `uv run dvc repro weights` ({spec.url}), "
-                "or set embed.allow_random: true for a smoke run"
+                f"or set embed.allow_random: true for a plumbing run. {OFFLINE_HINT}"
             )
         if checkpoint is None:
             log.warning(
@@ -80,8 +74,6 @@ class InceptionResnetEmbedder:
             )
             self.weights_name = "none"
         else:
-            from pipeline.weights import DEFAULT_LOCK, WeightsLock, verify
-
             verify(checkpoint, WeightsLock(lock_path or DEFAULT_LOCK))
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
             net.load_state_dict(state)
