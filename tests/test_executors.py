@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,8 @@ import pytest
 import torch
 
 from pipeline.generate import FacePass, ShardJob, run_generate
+from pipeline.runtime.executors import LocalExecutor, RayExecutor
+from pipeline.shards.candidates import ShardSpec, plan_shards
 from pipeline.shards.io import sha256_file
 
 from .conftest import small_params
@@ -45,16 +50,80 @@ def test_two_devices_give_the_bytes_of_one(reference: dict[str, str], tmp_path: 
     assert len(manifest["shards"]) == 2 and shard_digests(tmp_path) == reference
 
 
-def test_ray_tasks_give_the_bytes_of_the_local_executor(reference: dict[str, str], tmp_path: Path) -> None:
+class RecordingFactory:
+    """A worker factory that appends each build and each shard it computes to files, so a test can count what
+    happened in other threads or processes. Pickled by value into Ray workers."""
+
+    def __init__(self, folder: Path, seconds_per_shard: float = 0.0):
+        self.folder, self.seconds, self.cache_key = str(folder), seconds_per_shard, f"recording-{folder.name}"
+
+    def __call__(self, device: torch.device) -> RecordingWorker:
+        with open(os.path.join(self.folder, "builds"), "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return RecordingWorker(self, str(device))
+
+    def lines(self, name: str) -> list[list[str]]:
+        path = Path(self.folder) / name
+        return [line.split() for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+class RecordingWorker:
+    def __init__(self, factory: RecordingFactory, device: str):
+        self.factory, self.device, self.tag = factory, device, f"{os.getpid()}-{id(self)}"
+
+    def __call__(self, spec: ShardSpec) -> None:
+        time.sleep(self.factory.seconds)
+        with open(os.path.join(self.factory.folder, "shards"), "a") as fh:
+            fh.write(f"{spec.name} {os.getpid()} {self.tag}\n")
+
+    def flush(self) -> None:
+        pass
+
+
+def test_every_device_takes_shards_from_the_queue(tmp_path: Path) -> None:
+    factory = RecordingFactory(tmp_path, seconds_per_shard=0.05)
+    LocalExecutor().run(plan_shards(8, 1), factory, [torch.device("cpu")] * 3)
+    shards = factory.lines("shards")
+    assert sorted(name for name, _, _ in shards) == [s.name for s in plan_shards(8, 1)]  # each exactly once
+    assert len({tag for _, _, tag in shards}) == 3 and len(factory.lines("builds")) == 3  # every worker took some
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One Ray worker process (num_cpus=1) for the module; the test module is pickled by value into it."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        params = one_thread(executor="ray", output_url=(tmp_path / "store").as_uri())  # workers write via fsspec
-        run_generate(params, tmp_path)
-        assert len(ray.nodes()) == 1
+        yield ray
     finally:
         ray.shutdown()
-    assert shard_digests(tmp_path) == reference
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_ray_tasks_give_the_bytes_of_the_local_executor(local_ray, reference: dict[str, str], tmp_path: Path) -> None:
+    params = one_thread(executor="ray", output_url=(tmp_path / "store").as_uri())  # workers write via fsspec
+    run_generate(params, tmp_path)
+    assert shard_digests(tmp_path / "store") == shard_digests(tmp_path) == reference
+
+
+def test_ray_worker_builds_its_models_once_for_many_shards(local_ray, tmp_path: Path) -> None:
+    """Ray unpickles the factory afresh for every task; the worker cache must still hit."""
+    factory = RecordingFactory(tmp_path)
+    RayExecutor().run(plan_shards(5, 1), factory, [torch.device("cpu")])
+    shards = factory.lines("shards")
+    assert sorted(name for name, _, _ in shards) == [s.name for s in plan_shards(5, 1)]
+    processes = {pid for _, pid, _ in shards}
+    assert sorted(pid for (pid,) in factory.lines("builds")) == sorted(processes)  # one build per process
+    assert len({tag for _, _, tag in shards}) == len(processes) and os.getpid() not in {int(p) for p in processes}
+
+
+def test_shard_job_cache_key_survives_pickling_and_differs_per_run(face_pass: FacePass, tmp_path: Path) -> None:
+    job = ShardJob(face_pass.params, tmp_path, "f" * 64)
+    assert pickle.loads(pickle.dumps(job)).cache_key == job.cache_key
+    assert ShardJob(face_pass.params, tmp_path, "f" * 64).cache_key != job.cache_key
 
 
 def test_shard_job_pickles_without_its_models(face_pass: FacePass, tmp_path: Path) -> None:
@@ -76,8 +145,6 @@ def test_out_of_memory_halves_the_batch_instead_of_failing(monkeypatch: pytest.M
         return real(self, identities, variants, offsets)
 
     monkeypatch.setattr(FacePass, "compute", limited)
-    from pipeline.shards.candidates import ShardSpec
-
     table = fp.shard_table(ShardSpec(0, 0, 3), "x", lambda n: None)
     assert table.num_rows == 12 and fp.batch_size == 2  # 8 -> 4 -> 2, then every batch fits
     assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) == 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -30,8 +30,13 @@ class Worker(Protocol):
     def flush(self) -> None: ...
 
 
-#: Builds, once per device, the worker that computes and writes shards.
-WorkerFactory = Callable[[torch.device], Worker]
+class WorkerFactory(Protocol):
+    """Builds, once per device, the worker that computes and writes shards. `cache_key` names what it builds
+    and survives pickling, so a Ray worker process that runs many shards builds its models once."""
+
+    cache_key: str
+
+    def __call__(self, device: torch.device) -> Worker: ...
 
 
 class Executor(Protocol):
@@ -115,13 +120,14 @@ class RayExecutor:
                 ray.shutdown()
 
 
-_WORKERS: dict[int, Worker] = {}
+_WORKERS: dict[str, Worker] = {}
 
 
 def _ray_shard(make_worker: WorkerFactory, spec: ShardSpec) -> str:
-    """Inside a Ray worker process: build the worker once (keyed by factory), then compute and write one
-    shard (the task ends when its shard is on disk)."""
-    key = id(make_worker)
+    """Inside a Ray worker process: build the worker once per `cache_key` (Ray unpickles the factory afresh
+    for every task, so its identity says nothing), then compute and write one shard (the task ends when its
+    shard is on disk)."""
+    key = make_worker.cache_key
     if key not in _WORKERS:
         _WORKERS.clear()
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
