@@ -29,7 +29,7 @@ import time
 from pipeline.balance import BalanceError, select
 from pipeline.calibrate import run_calibrate
 from pipeline.config import CONFIGS_DIR, _read_yaml, deep_merge, validate_params
-from pipeline.faces.attributes import attribute_catalog
+from pipeline.faces.attributes import attribute_catalog, balance_targets
 from pipeline.filter import FILTER_COLUMNS, apply_filter
 from pipeline.generate import run_generate
 from pipeline.identities.dedup import DEDUP_COLUMNS, run_dedup
@@ -47,7 +47,7 @@ def curated(params, out: Path, calibration: Path | None):
 
 def needed(curation, params, step: int) -> int | None:
     """Smallest identity prefix (in steps) from which the targets are met, None if even all fall short."""
-    catalog, targets = attribute_catalog(params), params.targets()
+    catalog, targets = attribute_catalog(params), balance_targets(params)
     total = int(curation["identity"].max()) + 1
     for n in range(params.dataset.identities, total + 1, step):
         try:

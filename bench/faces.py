@@ -25,8 +25,8 @@ import torch
 
 from pipeline.config import deep_merge, validate_params
 from pipeline.faces.analyze import FaceAnalyzer
-from pipeline.generate import to_uint8
 from pipeline.generators import load_generator
+from pipeline.generators.synthesis import to_uint8
 from pipeline.identities.sampling import make_ws
 
 

@@ -31,9 +31,10 @@ import torch
 from PIL import Image
 
 from pipeline.config import CONFIGS_DIR, _read_yaml, deep_merge, validate_params
-from pipeline.generate import FacePass, synthesize, to_uint8
+from pipeline.generate import FacePass
 from pipeline.generators import load_generator
 from pipeline.generators.checkpoint import save_checkpoint
+from pipeline.generators.synthesis import synthesize, to_uint8
 from pipeline.runtime.device import synthesis_batch
 
 #: The random checkpoints are locked here, never in the repository's weights.lock.json.

@@ -19,7 +19,8 @@ import pyarrow as pa
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array, vstack
 
-from pipeline.config import BalanceParams, DatasetParams, PipelineError
+from pipeline.config import BalanceParams, DatasetParams
+from pipeline.errors import PipelineError
 from pipeline.faces.attributes import AttributeInfo
 
 SELECTION_FIELDS = [pa.field("class", pa.int64())]

@@ -20,8 +20,15 @@ import torch
 from scipy.optimize import minimize
 
 from pipeline.config import Params
-from pipeline.faces.attributes import ATTRIBUTES, AttributeAnalyzer, AttributeBatch, Direction, attribute_catalog
-from pipeline.fingerprint import source_fingerprint
+from pipeline.faces.attributes import (
+    ATTRIBUTES,
+    AttributeAnalyzer,
+    AttributeBatch,
+    Direction,
+    attribute_catalog,
+    balance_targets,
+)
+from pipeline.fingerprint import code_fingerprint
 from pipeline.shards.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -31,7 +38,6 @@ STEER_PLAN = "steer.json"
 #: Mixed into params.seed so calibration identities never coincide with dataset identities.
 CALIBRATION_STREAM = 0xCA1B
 MIN_PER_CLASS = 5
-CODE_PATHS = ("calibrate.py", "faces/attributes.py", "faces/clip.py", "generators", "identities/sampling.py")
 
 
 def fit_attributes(params: Params) -> list[str]:
@@ -49,7 +55,7 @@ def fit_fingerprint(params: Params) -> str:
     parts = [
         params.section_fingerprint("seed", "generator", "attributes", "calibrate"),
         json.dumps(fit_attributes(params)),
-        source_fingerprint(CODE_PATHS),
+        code_fingerprint(__file__),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -170,8 +176,8 @@ def steer_plan(params: Params, directions: list[Direction]) -> dict[str, Any]:
         return {"mode": "select"}
     catalog = attribute_catalog(params)
     fitted = {d.attribute for d in directions}
-    targets = {n: t for n, t in params.targets().items() if catalog[n].level == "identity" and n in fitted}
-    missing = [n for n, t in params.targets().items() if catalog[n].level == "identity" and n not in fitted]
+    targets = {n: t for n, t in balance_targets(params).items() if catalog[n].level == "identity" and n in fitted}
+    missing = [n for n, t in balance_targets(params).items() if catalog[n].level == "identity" and n not in fitted]
     if missing:
         log.warning("steer: no calibrated direction for %s; those targets are met by selection only", missing)
     b = params.balance
@@ -202,8 +208,8 @@ def run_calibrate(
     plots_csv: Path | None = None,
 ) -> dict[str, Any]:
     """Fit (or reuse, when nothing they depend on changed) the directions; write the steer plan and plot data."""
-    from pipeline.generate import synthesize, to_uint8
     from pipeline.generators import load_generator
+    from pipeline.generators.synthesis import synthesize, to_uint8
     from pipeline.runtime.device import batch_size, effective_precision, resolve_devices
 
     out_dir.mkdir(parents=True, exist_ok=True)

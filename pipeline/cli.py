@@ -10,7 +10,9 @@ from collections.abc import Callable
 
 import torch
 
-from pipeline.config import ConfigError, Params, PipelineError, load_params
+from pipeline.config import Params
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.plugins import load_checked_params
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
@@ -33,7 +35,7 @@ def run_stage(main: Callable[[argparse.Namespace, Params], None], parser: argpar
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
-        params = load_params(args.params)
+        params = load_checked_params(args.params)
     except ConfigError as err:
         for line in err.problems:
             print(f"error: {line}", file=sys.stderr)

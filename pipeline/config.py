@@ -1,4 +1,8 @@
-"""Typed params schema: load params.yaml over its preset, validate every key before any work."""
+"""Typed params schema: load params.yaml over its preset and validate every key, type and range.
+
+Pure schema: it imports no plug-in. Names that registries define (generators, detectors, estimators,
+executors, attribute classes) are checked right after loading by `pipeline.plugins.check_plugins`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from pipeline.errors import ConfigError
+
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -20,49 +26,10 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Cosine = Annotated[float, Field(ge=-1.0, le=1.0)]
 
 
-class PipelineError(RuntimeError):
-    """A failure the user can fix (missing input, unmet target): reported in one line, exit status 1."""
-
-
-class ConfigError(Exception):
-    """Invalid params: one line per problem, each naming the key path."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
 class Section(BaseModel):
     """A params section: values coerced to their types (YAML lists to tuples), unknown keys rejected, immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
-
-
-def _registered(kind: str, name: str) -> str:
-    """Reject a plug-in name no registry knows, listing the valid ones (registries import lazily)."""
-    from pipeline.registry import UnknownNameError
-
-    if kind == "generator":
-        from pipeline.generators import is_known_source, known_sources
-
-        if not is_known_source(name):
-            raise ValueError(
-                f"unknown generator {name!r} (available: {', '.join(known_sources())}, or a .pkl/.pt path)"
-            )
-        return name
-    if kind == "detector":
-        from pipeline.faces.detect import DETECTORS as registry
-    elif kind == "embedder":
-        from pipeline.faces.embed import EMBEDDERS as registry
-    elif kind == "attribute estimator":
-        from pipeline.faces.attributes import ATTRIBUTES as registry
-    else:
-        from pipeline.runtime.executors import EXECUTORS as registry
-    try:
-        registry.get(name)
-    except UnknownNameError as err:
-        raise ValueError(str(err)) from None
-    return name
 
 
 class GeneratorParams(Section):
@@ -72,8 +39,6 @@ class GeneratorParams(Section):
     noise_mode: Literal["const", "none", "random"] = "const"
     resolution: Annotated[int, Field(ge=64, le=1024)] | None = None
     disc_score: bool = True
-
-    _known = field_validator("model")(lambda cls, v: _registered("generator", v))
 
 
 class IdentitiesParams(Section):
@@ -111,8 +76,6 @@ class DetectParams(Section):
     factor: Annotated[float, Field(gt=0.1, lt=1.0)] = 0.709
     count_min_prob: Probability = 0.9
 
-    _known = field_validator("model")(lambda cls, v: _registered("detector", v))
-
 
 class AlignParams(Section):
     size: Annotated[int, Field(ge=32, le=512)] = 112
@@ -125,8 +88,6 @@ class EmbedParams(Section):
     input_size: Annotated[int, Field(ge=80, le=320)] = 160
     allow_random: bool = False
     serfiq_passes: Annotated[int, Field(ge=0, le=1000)] = 100
-
-    _known = field_validator("model")(lambda cls, v: _registered("embedder", v))
 
 
 class FilterParams(Section):
@@ -173,8 +134,6 @@ class AttributesParams(Section):
     def _known_estimators(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError(f"must not repeat an estimator, got {value}")
-        for name in value:
-            _registered("attribute estimator", name)
         return value
 
     @field_validator("yaw_bins")
@@ -185,15 +144,6 @@ class AttributesParams(Section):
             raise ValueError(f"each bin must be [low, high) with low < high, got {value}")
         if any(a[1] > b[0] for a, b in itertools.pairwise(spans)):
             raise ValueError(f"bins must not overlap, got {value}")
-        return value
-
-    @field_validator("clip_attributes")
-    @classmethod
-    def _prompt_files(cls, value: list[str]) -> list[str]:
-        from pipeline.faces.attributes import load_prompt_set
-
-        for name in value:
-            load_prompt_set(name)
         return value
 
 
@@ -251,8 +201,6 @@ class RuntimeParams(Section):
     gpus_per_task: Annotated[float, Field(ge=0.0)] = 0.0
     cpus_per_task: Annotated[float, Field(gt=0.0)] = 1.0
 
-    _known = field_validator("executor")(lambda cls, v: _registered("executor", v))
-
 
 class Params(Section):
     """The whole params.yaml, merged over its preset."""
@@ -288,55 +236,19 @@ class Params(Section):
                 f"must be <= the {variants} candidates generated per identity "
                 f"(identities.images_per_identity x identities.oversample), got {self.dataset.images_per_identity}",
             )
-        self._check_attributes()
+        f = self.filter
+        if f.min_serfiq > 0 and self.embed.serfiq_passes < 2:
+            raise _CrossFieldError(
+                "filter.min_serfiq",
+                f"needs embed.serfiq_passes >= 2 (with {self.embed.serfiq_passes} every sample scores 1.0, so the "
+                "rule would pass everything); raise embed.serfiq_passes or set filter.min_serfiq: 0",
+            )
+        if f.min_disc_logit is not None and not self.generator.disc_score:
+            raise _CrossFieldError(
+                "filter.min_disc_logit",
+                "needs generator.disc_score: true (without it no candidate has a q_disc score); set one or the other",
+            )
         return self
-
-    def _check_attributes(self) -> None:
-        """Estimators that need a particular generator, and balance targets against the estimators' catalog."""
-        from pipeline.faces.attributes import attribute_catalog
-
-        if "smoke" in self.attributes.estimators and self.generator.model != "smoke":
-            raise _CrossFieldError("attributes.estimators", "smoke labels only the smoke generator's faces")
-        catalog = attribute_catalog(self)
-        for name in self.calibrate.attributes or []:
-            if name not in catalog:
-                raise _CrossFieldError("calibrate.attributes", f"unknown attribute {name!r} ({_listing(catalog)})")
-        for name, shares in self.balance.targets.items():
-            path = f"balance.targets.{name}"
-            if name not in catalog:
-                raise _CrossFieldError(path, f"no estimator labels {name!r} ({_listing(catalog)})")
-            classes = catalog[name].classes
-            for cls in shares:
-                if cls not in classes:
-                    raise _CrossFieldError(f"{path}.{cls}", f"unknown class (classes of {name}: {', '.join(classes)})")
-            total = sum(shares.values())
-            if total > 1 + 1e-9 or (len(shares) == len(classes) and abs(total - 1) > 1e-9):
-                listed = ", ".join(f"{k} {v:g}" for k, v in shares.items())
-                raise _CrossFieldError(
-                    path, f"proportions must sum to 1 (classes left out share the rest), got {total:g} ({listed})"
-                )
-        if self.balance.mode == "steer":
-            identity_level = [n for n in self.balance.targets if catalog[n].level == "identity"]
-            if not identity_level:
-                raise _CrossFieldError(
-                    "balance.mode",
-                    "steer moves each identity's latent, so it needs a target on an identity-level attribute "
-                    f"({', '.join(n for n, i in catalog.items() if i.level == 'identity') or 'none configured'})",
-                )
-
-    def targets(self) -> dict[str, dict[str, float]]:
-        """`balance.targets` with every class of each attribute: classes left out share what is left equally."""
-        from pipeline.faces.attributes import attribute_catalog
-
-        catalog = attribute_catalog(self)
-        full = {}
-        for name, shares in self.balance.targets.items():
-            rest = [c for c in catalog[name].classes if c not in shares]
-            left = max(0.0, 1.0 - sum(shares.values()))
-            full[name] = {
-                c: round(float(shares.get(c, left / len(rest) if rest else 0.0)), 10) for c in catalog[name].classes
-            }
-        return full
 
     def section_fingerprint(self, *names: str) -> str:
         """sha256 over the named sections (dotted paths allowed): what a stage's output depends on."""
@@ -356,10 +268,6 @@ class _CrossFieldError(ValueError):
     def __init__(self, path: str, message: str):
         self.path = path
         super().__init__(message)
-
-
-def _listing(catalog: dict[str, Any]) -> str:
-    return f"labelled by attributes.estimators: {', '.join(catalog) or 'none'}"
 
 
 def available_presets() -> list[str]:

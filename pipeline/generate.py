@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -15,15 +16,16 @@ import pyarrow as pa
 import torch
 
 from pipeline.calibrate import directions_to_json, load_directions, load_steer_plan
-from pipeline.config import ConfigError, Params, PipelineError
+from pipeline.config import Params
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.faces.analyze import FaceAnalyzer
 from pipeline.faces.attributes import AttributeAnalyzer, AttributeBatch, attribute_catalog
-from pipeline.fingerprint import source_fingerprint
+from pipeline.fingerprint import code_fingerprint
 from pipeline.generators import load_models
+from pipeline.generators.synthesis import synthesize, to_uint8
 from pipeline.identities.sampling import check_variation, input_transforms, make_ws, sample_seed
 from pipeline.runtime.device import (
     apply_threads,
-    autocast,
     batch_size,
     effective_precision,
     probe_batch_size,
@@ -56,49 +58,6 @@ SHAPING_SECTIONS = (
     "seed", "generator", "identities.images_per_identity", "identities.oversample",
     "identities.shard_size", "variation", "detect", "align", "embed", "attributes",
 )  # fmt: skip
-#: Library code whose change must invalidate finished shards (dvc.yaml lists the same paths as deps).
-CODE_PATHS = (
-    "generate.py", "steering.py", "generators", "faces", "identities/sampling.py", "shards/candidates.py",
-    "shards/encode.py",
-)  # fmt: skip
-
-
-def code_fingerprint() -> str:
-    return source_fingerprint(CODE_PATHS)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] -> uint8, NVIDIA's convention (x * 127.5 + 128, clamped, truncated)."""
-    return (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-
-
-def synthesize(
-    generator: torch.nn.Module,
-    ws: torch.Tensor,
-    precision: str,
-    noise_mode: str,
-    seeds: list[int] | None = None,
-    transforms: np.ndarray | None = None,
-    micro_batch: int | None = None,
-) -> torch.Tensor:
-    """fp32: every layer in fp32; fp16: the network's own fp16 layers (NVIDIA's mixed precision); bf16: autocast.
-    `micro_batch` images per generator call (None = all at once); per-image results do not depend on it."""
-    step = micro_batch or len(ws)
-    if len(ws) > step:
-        return torch.cat([
-            synthesize(generator, ws[lo : lo + step], precision, noise_mode,
-                       None if seeds is None else seeds[lo : lo + step],
-                       None if transforms is None else transforms[lo : lo + step])
-            for lo in range(0, len(ws), step)
-        ])  # fmt: skip
-    kwargs: dict[str, Any] = {"noise_mode": noise_mode, "force_fp32": precision != "fp16"}
-    if noise_mode == "random" and seeds is not None:  # per-sample noise from the sample's own seed
-        kwargs["noise_generators"] = [torch.Generator().manual_seed(s) for s in seeds]
-    if transforms is not None:
-        kwargs["input_transforms"] = torch.from_numpy(transforms).to(ws.device, torch.float32)
-    with torch.no_grad(), autocast("bf16" if precision == "bf16" else "fp32", ws.device):
-        images = generator.synthesis(ws, **kwargs)
-    return images.float()
 
 
 class FacePass:
@@ -349,7 +308,7 @@ def shard_fingerprint(params: Params, face_pass: FacePass) -> str:
         face_pass.faces.embedder.weights_name,
         face_pass.precision,
         face_pass.jpeg_encoder,
-        code_fingerprint(),
+        code_fingerprint(__file__),  # every library file this module can run
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -416,7 +375,8 @@ def run_generate(
 class ShardJob:
     """Builds, per device, the worker that computes and writes shards; picklable, so a Ray worker can
     rebuild it from its fields. Within a process the first FacePass and the progress bar are reused
-    (not pickled)."""
+    (not pickled); `cache_key`, one per run, lets a Ray worker process reuse what it built for every
+    later shard of the run."""
 
     def __init__(
         self,
@@ -429,6 +389,7 @@ class ShardJob:
     ):
         self.params, self.store_url, self.fingerprint = params, str(store_url), fingerprint
         self.weights_dir, self.lock_path, self.calibration = weights_dir, lock_path, calibration
+        self.cache_key = uuid.uuid4().hex
         self._local: dict[str, Any] = {}
 
     def attach(self, face_pass: FacePass, on_batch: Callable[[int], None]) -> None:

@@ -7,9 +7,10 @@ import logging
 
 from pipeline.balance import SELECTION_FIELDS, achieved, select, target_bins
 from pipeline.cli import run_stage, stage_parser
-from pipeline.config import Params, PipelineError
+from pipeline.config import Params
 from pipeline.curation import read_curation, write_curation
-from pipeline.faces.attributes import attribute_catalog
+from pipeline.errors import PipelineError
+from pipeline.faces.attributes import attribute_catalog, balance_targets
 from pipeline.shards.candidates import candidate_columns, read_candidates
 
 log = logging.getLogger("stages.balance")
@@ -17,7 +18,7 @@ log = logging.getLogger("stages.balance")
 
 def main(args: argparse.Namespace, params: Params) -> None:
     curation = read_curation(args.dedup)
-    targets = params.targets()
+    targets = balance_targets(params)
     if targets:
         columns = ["key", *(f"attr_{a}" for a in targets)]
         missing = [c for c in columns if c not in candidate_columns(args.candidates)]

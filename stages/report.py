@@ -17,7 +17,7 @@ from pipeline.cli import run_stage, stage_parser
 from pipeline.commands import preview
 from pipeline.config import Params
 from pipeline.curation import read_curation
-from pipeline.faces.attributes import attribute_catalog
+from pipeline.faces.attributes import attribute_catalog, balance_targets
 from pipeline.faces.quality import QUALITY_COLUMNS
 from pipeline.report.contact_sheet import contact_sheet, rejected_rows, sheet_bytes
 from pipeline.report.metrics import (
@@ -69,7 +69,7 @@ def attribute_balance(params: Params, args: argparse.Namespace) -> dict[str, Any
             Path(args.dataset) / "metadata.parquet", columns=["identity", "variant", *names]
         ).to_pandas(),
     }
-    return balance_report(stages, catalog, params.targets(), Path(args.plots) / "balance.csv")
+    return balance_report(stages, catalog, balance_targets(params), Path(args.plots) / "balance.csv")
 
 
 def write_pictures(selection: pd.DataFrame, candidates: Path, dataset: Path, folder: Path, per_reason: int = 8) -> None:

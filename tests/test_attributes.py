@@ -10,16 +10,19 @@ import pytest
 import torch
 
 from pipeline.calibrate import fit_direction, fit_directions, run_calibrate
-from pipeline.config import ConfigError, validate_params
+from pipeline.config import validate_params
+from pipeline.errors import ConfigError
 from pipeline.faces.attributes import (
     FRONTAL_NOSE_HEIGHT,
     AttributeBatch,
     Direction,
+    balance_targets,
     bin_labels,
     head_pose,
     load_prompt_set,
 )
 from pipeline.generate import run_generate
+from pipeline.plugins import check_plugins
 from pipeline.shards.candidates import read_candidates
 from pipeline.steering import ShardSteerer
 
@@ -99,9 +102,11 @@ def test_bad_targets_name_their_key_path(balance: dict, expected: str) -> None:
 
 def test_classes_left_out_share_the_rest_and_smoke_needs_its_generator() -> None:
     params = small_params(balance={"targets": {"smoke_skin": {"dark": 0.5}}})
-    assert params.targets() == {"smoke_skin": {"light": 0.25, "medium": 0.25, "dark": 0.5}}
+    assert balance_targets(params) == {"smoke_skin": {"light": 0.25, "medium": 0.25, "dark": 0.5}}
     with pytest.raises(ConfigError, match=r"attributes\.estimators: smoke labels only the smoke generator"):
-        validate_params({"generator": {"model": "stylegan2-ffhq-256x256"}, "attributes": {"estimators": ["smoke"]}})
+        check_plugins(
+            validate_params({"generator": {"model": "stylegan2-ffhq-256x256"}, "attributes": {"estimators": ["smoke"]}})
+        )
 
 
 def test_fit_direction_recovers_a_planted_boundary() -> None:

@@ -43,7 +43,7 @@ def test_other_os_errors_are_not_disguised(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_pipeline_errors_exit_1_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from pipeline.config import PipelineError
+    from pipeline.errors import PipelineError
 
     def main(args, params) -> None:
         raise PipelineError("dataset.identities: need 50 identities, only 3 available")

@@ -12,14 +12,17 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import ConfigError, deep_merge, load_params, validate_params
+from pipeline.config import deep_merge, load_params, validate_params
+from pipeline.errors import ConfigError
+from pipeline.plugins import check_plugins
 
 from .conftest import REPO
 
 
 def problems(raw: dict) -> list[str]:
+    """The lines a stage prints for `raw`: the schema's, then the registries' (`check_plugins`)."""
     with pytest.raises(ConfigError) as info:
-        validate_params(raw)
+        check_plugins(validate_params(raw))
     return info.value.problems
 
 
@@ -35,6 +38,19 @@ def problems(raw: dict) -> list[str]:
         ({"generator": {"model": "stylegan9"}}, "generator.model: unknown generator 'stylegan9' (available:"),
         ({"generator": {"noise_mode": "loud"}}, "generator.noise_mode: "),
         ({"runtime": {"executor": "slurm"}}, "runtime.executor: unknown executor 'slurm'"),
+        ({"detect": {"model": "retina"}}, "detect.model: unknown detector 'retina' (available: mtcnn"),
+        ({"embed": {"model": "arcface"}}, "embed.model: unknown embedder 'arcface' (available: inception_resnet_v1)"),
+        ({"attributes": {"estimators": ["pose", "mood"]}}, "attributes.estimators: unknown attribute estimator 'mood'"),
+        ({"attributes": {"clip_attributes": ["mood"]}}, "attributes.clip_attributes: no attribute file"),
+        (
+            {"filter": {"min_serfiq": 0.5}, "embed": {"serfiq_passes": 1}},
+            "filter.min_serfiq: needs embed.serfiq_passes >= 2",
+        ),
+        (
+            {"filter": {"min_disc_logit": 0.0}, "generator": {"disc_score": False}},
+            "filter.min_disc_logit: needs generator.disc_score: true",
+        ),
+        ({"filter": {"min_disc_logit": 0.0}}, "filter.min_disc_logit: the built-in 'smoke' generator has no discrim"),
         ({"runtime": {"batch_size": 0}}, "runtime.batch_size: "),
         ({"export": {"formats": []}}, "export.formats: "),
         ({"export": {"formats": ["parquet", "parquet"]}}, "export.formats: must not repeat a format"),
@@ -217,7 +233,7 @@ def test_mutated_params_are_valid_or_name_their_key_path(data: st.DataObject) ->
         else:
             target[data.draw(st.text(min_size=1, max_size=8))] = data.draw(_JUNK)
     try:
-        validate_params(raw)
+        check_plugins(validate_params(raw))
     except ConfigError as err:
         assert err.problems
         plain = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*|\d+|'.*'|\".*\"")

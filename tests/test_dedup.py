@@ -114,7 +114,7 @@ def test_reference_people_are_never_kept(tmp_path) -> None:
 
 
 def test_missing_reference_file_is_a_clear_error(tmp_path) -> None:
-    from pipeline.config import PipelineError
+    from pipeline.errors import PipelineError
     from pipeline.identities.dedup import load_reference
 
     with pytest.raises(PipelineError, match=r"dedup.reference: .*nope.parquet not found"):

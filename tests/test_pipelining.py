@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.config import ConfigError
-from pipeline.generate import FacePass, run_generate, synthesize
+from pipeline.errors import ConfigError
+from pipeline.generate import FacePass, run_generate
 from pipeline.generators.stylegan2 import StyleGAN2Generator
+from pipeline.generators.synthesis import synthesize
 from pipeline.runtime.device import fit_batch, probe_batch_size, synthesis_batch
 from pipeline.shards.candidates import ShardSpec, ShardStore
 from pipeline.shards.encode import JPEG_ENCODERS, BoundedPool, resolve_jpeg_encoder
@@ -162,7 +163,7 @@ def test_an_fsspec_store_gives_the_bytes_of_a_local_run(tmp_path: Path, monkeypa
 
 
 def test_an_unknown_store_protocol_is_a_one_line_error() -> None:
-    from pipeline.config import PipelineError
+    from pipeline.errors import PipelineError
 
     with pytest.raises(PipelineError, match=r"^runtime\.output_url: cannot open 'nosuchproto://x'"):
         ShardStore("nosuchproto://x")

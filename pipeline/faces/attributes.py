@@ -255,6 +255,19 @@ def attribute_catalog(params: Params) -> dict[str, AttributeInfo]:
     return catalog
 
 
+def balance_targets(params: Params) -> dict[str, dict[str, float]]:
+    """`balance.targets` with every class of each attribute: classes left out share what is left equally."""
+    catalog = attribute_catalog(params)
+    full = {}
+    for name, shares in params.balance.targets.items():
+        rest = [c for c in catalog[name].classes if c not in shares]
+        left = max(0.0, 1.0 - sum(shares.values()))
+        full[name] = {
+            c: round(float(shares.get(c, left / len(rest) if rest else 0.0)), 10) for c in catalog[name].classes
+        }
+    return full
+
+
 class AttributeAnalyzer:
     """The configured estimators, run in order on each batch."""
 

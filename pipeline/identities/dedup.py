@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.config import DedupParams, PipelineError
+from pipeline.config import DedupParams
+from pipeline.errors import PipelineError
 from pipeline.identities.consistency import consistency_reasons, identity_centroids, normalise
 
 log = logging.getLogger(__name__)

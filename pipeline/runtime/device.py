@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import torch
 
-from pipeline.config import PipelineError, RuntimeParams
+from pipeline.config import RuntimeParams
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

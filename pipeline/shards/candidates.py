@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import PipelineError
+from pipeline.errors import PipelineError
 from pipeline.faces.quality import QUALITY_COLUMNS
 from pipeline.shards.io import atomic_path, sha256_file, sha256_stream, write_json_atomic
 

@@ -70,7 +70,7 @@ class CudaJpeg:
 
     def __init__(self, quality: int = FULL_IMAGE_QUALITY, device: torch.device | None = None, **_: Any):
         if device is None or device.type != "cuda":
-            from pipeline.config import ConfigError
+            from pipeline.errors import ConfigError
 
             raise ConfigError([f"runtime.jpeg_encoder: nvjpeg needs a CUDA device, got {device} (use auto or pillow)"])
         from torchvision.io import encode_jpeg

@@ -1,0 +1,106 @@
+"""Params checked against the plug-in registries, right after the schema: names of generators, detectors,
+embedders, estimators and executors, and balance targets against the estimators' attribute catalog.
+
+`pipeline.config` stays pure schema (nothing imports a registry through it); this is the one place
+that knows every registry. `load_checked_params` is what a stage calls before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Params, load_params
+from pipeline.errors import ConfigError
+from pipeline.registry import Registry
+
+
+def _unknown(registry: Registry[Any], name: str) -> str | None:
+    return None if name in registry else f"unknown {registry.kind} {name!r} (available: {', '.join(registry.names())})"
+
+
+def name_problems(params: Params) -> list[str]:
+    """One line per plug-in name that no registry knows, each with the valid names."""
+    from pipeline.faces.attributes import ATTRIBUTES, load_prompt_set
+    from pipeline.faces.detect import DETECTORS
+    from pipeline.faces.embed import EMBEDDERS
+    from pipeline.generators import is_known_source, known_sources
+    from pipeline.runtime.executors import EXECUTORS
+
+    found: dict[str, str | None] = {
+        "generator.model": None
+        if is_known_source(params.generator.model)
+        else f"unknown generator {params.generator.model!r} (available: {', '.join(known_sources())}, "
+        "or a .pkl/.pt path)",
+        "detect.model": _unknown(DETECTORS, params.detect.model),
+        "embed.model": _unknown(EMBEDDERS, params.embed.model),
+        "runtime.executor": _unknown(EXECUTORS, params.runtime.executor),
+    }
+    estimators = [_unknown(ATTRIBUTES, n) for n in params.attributes.estimators]
+    found["attributes.estimators"] = next((e for e in estimators if e), None)
+    for name in params.attributes.clip_attributes:
+        try:
+            load_prompt_set(name)
+        except ValueError as err:
+            found["attributes.clip_attributes"] = str(err)
+            break
+    return [f"{path}: {message}" for path, message in found.items() if message]
+
+
+def catalog_problems(params: Params) -> list[str]:
+    """Rules over the attributes the estimators label: generator-specific estimators, calibrate.attributes,
+    balance.targets (attribute, classes, shares) and what steering needs; and a discriminator for q_disc."""
+    from pipeline.faces.attributes import attribute_catalog
+    from pipeline.generators import GENERATORS
+
+    problems = []
+    if params.filter.min_disc_logit is not None and params.generator.model in GENERATORS:
+        problems.append(
+            f"filter.min_disc_logit: the built-in {params.generator.model!r} generator has no discriminator, so no "
+            "candidate has a q_disc score; set filter.min_disc_logit: null"
+        )
+    if "smoke" in params.attributes.estimators and params.generator.model != "smoke":
+        return [*problems, "attributes.estimators: smoke labels only the smoke generator's faces"]
+    catalog = attribute_catalog(params)
+    listing = f"labelled by attributes.estimators: {', '.join(catalog) or 'none'}"
+    for name in params.calibrate.attributes or []:
+        if name not in catalog:
+            problems.append(f"calibrate.attributes: unknown attribute {name!r} ({listing})")
+    for name, shares in params.balance.targets.items():
+        path = f"balance.targets.{name}"
+        if name not in catalog:
+            problems.append(f"{path}: no estimator labels {name!r} ({listing})")
+            continue
+        classes = catalog[name].classes
+        unknown = [c for c in shares if c not in classes]
+        problems += [f"{path}.{c}: unknown class (classes of {name}: {', '.join(classes)})" for c in unknown]
+        total = sum(shares.values())
+        if not unknown and (total > 1 + 1e-9 or (len(shares) == len(classes) and abs(total - 1) > 1e-9)):
+            listed = ", ".join(f"{k} {v:g}" for k, v in shares.items())
+            problems.append(
+                f"{path}: proportions must sum to 1 (classes left out share the rest), got {total:g} ({listed})"
+            )
+    if params.balance.mode == "steer" and not any(
+        catalog[n].level == "identity" for n in params.balance.targets if n in catalog
+    ):
+        levels = ", ".join(n for n, i in catalog.items() if i.level == "identity") or "none configured"
+        problems.append(
+            "balance.mode: steer moves each identity's latent, so it needs a target on an identity-level "
+            f"attribute ({levels})"
+        )
+    return problems
+
+
+def check_plugins(params: Params) -> Params:
+    """`params` unchanged, or ConfigError with one line per problem (names first: the catalog needs them)."""
+    problems = name_problems(params)
+    if not problems:
+        problems = catalog_problems(params)
+    if problems:
+        raise ConfigError(sorted(problems))
+    return params
+
+
+def load_checked_params(path: str | Path = "params.yaml", configs_dir: Path | None = None) -> Params:
+    """params.yaml over its preset, validated by the schema and then against the registries."""
+    return check_plugins(load_params(path, configs_dir))
