@@ -33,6 +33,7 @@ from pipeline.faces.attributes import attribute_catalog, balance_targets
 from pipeline.filter import FILTER_COLUMNS, apply_filter
 from pipeline.generate import run_generate
 from pipeline.identities.dedup import DEDUP_COLUMNS, run_dedup
+from pipeline.plugins import check_plugins
 from pipeline.shards.candidates import read_candidates
 
 
@@ -88,7 +89,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
-            params = validate_params(deep_merge(smoke, {"balance": {"mode": mode}}))
+            params = check_plugins(validate_params(deep_merge(smoke, {"balance": {"mode": mode}})))
             start = time.perf_counter()
             calibration = Path(tmp) / f"calib-{mode}"
             run_calibrate(params, calibration)

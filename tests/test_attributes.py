@@ -164,6 +164,19 @@ def test_calibrate_then_steer_skews_the_candidates(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "steered" / "manifest.json").read_text())
     assert manifest["attributes"]["smoke_hair"] == {"level": "identity", "classes": ["dark", "light"]}
 
+    # Steering state is per shard: shard 1 computed alone, by a fresh pass, has the bytes of shard 1 computed
+    # after shard 0.
+    from pipeline.generate import FacePass, shard_fingerprint
+    from pipeline.shards.candidates import ShardStore, plan_shards
+
+    alone = FacePass(params, torch.device("cpu"), calibration=tmp_path / "calib")
+    spec = plan_shards(params.identities.count, params.identities.shard_size)[1]
+    fingerprint = shard_fingerprint(params, alone)
+    table = alone.shard_table(spec, fingerprint, lambda n: None)
+    ShardStore(tmp_path / "alone").write_shard(spec, table, fingerprint, {"samples": table.num_rows})
+    name = f"{spec.name}.parquet"
+    assert (tmp_path / "alone" / name).read_bytes() == (tmp_path / "steered" / name).read_bytes()
+
 
 def test_clip_estimator_plumbing_with_random_weights(tmp_path: Path) -> None:
     """Architecture, tokenizer, prompt ensembles and the safetensors loading path, on random weights."""

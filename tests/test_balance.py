@@ -63,19 +63,52 @@ CATALOG = {
 }
 
 
-def test_targets_met_where_a_greedy_pass_would_paint_itself_into_a_corner() -> None:
-    """Light-haired identities come first and only they have frontal samples: taking the lowest ids first
-    (greedy) fills the light quota with identities that leave too few frontal samples for the rest."""
-    df = labelled(40, 4, hair=lambda i: "light" if i % 2 else "dark",
-                  yaw=lambda i, v: "frontal" if (i % 4 == 1 and v < 3) else ("left" if v % 2 else "right"))  # fmt: skip
-    targets = {"hair": {"dark": 0.5, "light": 0.5}, "yaw_bin": {"left": 0.3, "frontal": 0.3, "right": 0.4}}
+def greedy_select(df: pd.DataFrame, n_ids: int, k: int, quotas: dict[str, dict[str, int]]) -> set[int] | None:
+    """A quota-aware greedy pass, lowest identity first: take an identity when its identity-level bins have room
+    and k of its samples fit the sample-level bins' remaining room. The chosen ids, or None when it gets stuck."""
+    room = {a: dict(q) for a, q in quotas.items()}
+    chosen: set[int] = set()
+    for identity, rows in df.groupby("identity", sort=True):
+        hair = rows["attr_hair"].iloc[0]
+        if len(chosen) == n_ids or room["hair"][hair] == 0:
+            continue
+        left, picked = dict(room["yaw_bin"]), 0
+        for b in rows["attr_yaw_bin"]:
+            if picked < k and left[b] > 0:
+                left[b] -= 1
+                picked += 1
+        if picked == k:
+            chosen.add(int(identity))
+            room["hair"][hair] -= 1
+            room["yaw_bin"] = left
+    return chosen if len(chosen) == n_ids else None
+
+
+def test_targets_met_where_a_greedy_pass_paints_itself_into_a_corner() -> None:
+    """Blocks of three: a dark identity with frontal samples, a dark one with left samples, a light one with
+    frontal samples. Lowest-id-first fills the dark quota with the frontal darks, which uses up the frontal
+    quota the light identities need; the exact solution takes the left darks instead."""
+    kinds = [("dark", "frontal"), ("dark", "left"), ("light", "frontal")]
+    df = labelled(15, 2, hair=lambda i: kinds[i % 3][0], yaw=lambda i, v: kinds[i % 3][1])
+    targets = {"hair": {"dark": 0.5, "light": 0.5}, "yaw_bin": {"left": 0.5, "frontal": 0.5, "right": 0.0}}
+    quotas = {"hair": {"dark": 5, "light": 5}, "yaw_bin": {"left": 10, "frontal": 10, "right": 0}}
+    assert greedy_select(df, 10, 2, quotas) is None  # the trap holds: greedy gets stuck
+
     out = select(df, DatasetParams(identities=10, images_per_identity=2), BalanceParams(tolerance=0.0),
                  targets, CATALOG)  # fmt: skip
     chosen = out[out["keep"]].merge(df[["key", "attr_hair", "attr_yaw_bin"]], on="key")
     assert chosen["identity"].nunique() == 10 and chosen.groupby("identity").size().eq(2).all()
     assert chosen.drop_duplicates("identity")["attr_hair"].value_counts().to_dict() == {"dark": 5, "light": 5}
-    assert chosen["attr_yaw_bin"].value_counts().to_dict() == {"left": 6, "frontal": 6, "right": 8}
+    assert chosen["attr_yaw_bin"].value_counts().to_dict() == {"left": 10, "frontal": 10}
     assert sorted(chosen["class"].unique()) == list(range(10))
+
+
+def test_the_greedy_reference_solves_what_it_can() -> None:
+    """The reference greedy pass is not a straw man: with room for the frontal darks it succeeds."""
+    kinds = [("dark", "frontal"), ("dark", "left"), ("light", "frontal")]
+    df = labelled(15, 2, hair=lambda i: kinds[i % 3][0], yaw=lambda i, v: kinds[i % 3][1])
+    quotas = {"hair": {"dark": 5, "light": 5}, "yaw_bin": {"left": 4, "frontal": 16, "right": 0}}
+    assert greedy_select(df, 10, 2, quotas) == {0, 1, 2, 3, 4, 5, 6, 8, 11, 14}
 
 
 @settings(max_examples=25, deadline=None)

@@ -114,8 +114,7 @@ def test_params_file_errors(tmp_path: Path, text: str, expected: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
         load_params(path)
-    assert str(path).endswith("params.yaml")
-    assert info.value.problems[0].replace(str(path), "params.yaml").startswith(expected)
+    assert info.value.problems[0].startswith(expected.replace("params.yaml", str(path)))  # names the file given
 
 
 def test_repo_params_are_valid() -> None:

@@ -78,3 +78,19 @@ def test_manifest_lists_every_file_with_sha256(exported_dataset: Path) -> None:
     listed = {f["path"] for f in manifest["files"]}
     on_disk = {p.relative_to(exported_dataset).as_posix() for p in exported_dataset.rglob("*") if p.is_file()}
     assert on_disk - listed == {"manifest.json"}
+
+
+def test_every_exported_image_carries_the_synthetic_notice(exported_dataset: Path) -> None:
+    """Read back from the dataset as a trainer would: every tar member image and every Parquet image cell."""
+    import webdataset as wds
+
+    from pipeline.shards.notice import TRAINED_ALGORITHMIC_MEDIA, read_notice
+
+    images = [s["jpg"] for s in wds.WebDataset(shard_urls(exported_dataset), shardshuffle=False)]
+    for shard in sorted((exported_dataset / "parquet").glob("train-*.parquet")):
+        images += [cell["bytes"] for cell in pq.read_table(shard, columns=["image"]).column("image").to_pylist()]
+    assert len(images) == 2 * len(labels(exported_dataset)) == 12
+    for data in images:
+        notice = read_notice(data)
+        assert notice["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
+        assert "synthetic" in (notice["description"] or "").lower()

@@ -3,6 +3,8 @@ independent of input order, idempotent."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,19 +84,55 @@ def test_consistency_drift_and_near_copy() -> None:
     assert (reasons[:4] == "").all()
 
 
-def test_run_dedup_carries_earlier_rejections() -> None:
+def duplicated_identities(det_prob: list[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Identities 0-2 distinct, identity 3 a copy of identity 0; sample 1 already rejected by the filter."""
     vectors, group = planted(3, [3, 3, 3], seed=5, dim=512)
-    vectors = np.concatenate([vectors, vectors[:3]])  # identity 3 duplicates identity 0
+    vectors = np.concatenate([vectors, vectors[:3]])
     identity = np.concatenate([group, [3, 3, 3]])
     keys = [f"{i:09d}_{v:03d}" for i, v in zip(identity, [0, 1, 2] * 4, strict=True)]
     curation = pd.DataFrame({"key": keys, "identity": identity, "variant": [0, 1, 2] * 4, "keep": True, "reason": ""})
     curation.loc[1, ["keep", "reason"]] = [False, "no_face"]
-    candidates = pd.DataFrame({"key": keys, "embedding": list(vectors.astype(np.float16)), "det_prob": 0.99})
-    out = run_dedup(curation, candidates, DedupParams(min_sample_consistency=-1.0, max_sample_similarity=1.0))
+    candidates = pd.DataFrame({"key": keys, "embedding": list(vectors.astype(np.float16)), "det_prob": det_prob})
+    return curation, candidates
+
+
+LOOSE = DedupParams(min_sample_consistency=-1.0, max_sample_similarity=1.0)
+
+
+def test_run_dedup_carries_earlier_rejections() -> None:
+    out = run_dedup(*duplicated_identities([0.99] * 12), LOOSE)
     assert out.loc[1, "reason"] == "no_face"
-    dropped = set(out.loc[out["reason"] == "duplicate_identity", "identity"])
-    assert dropped == {3} or dropped == {0}
+    assert set(out.loc[out["reason"] == "duplicate_identity", "identity"]) == {3}  # a tie: the lower id stays
     assert out["keep"].sum() == 12 - 1 - 3
+
+
+@pytest.mark.parametrize(("copy_prob", "dropped"), [(0.999, 0), (0.95, 3)])
+def test_run_dedup_keeps_the_duplicate_with_the_best_mean_detector_probability(copy_prob: float, dropped: int) -> None:
+    """Mean over the samples still kept: identity 0's rejected sample (det_prob 0.0) does not drag it down."""
+    probs = [0.98, 0.0, 0.98] + [0.99] * 6 + [copy_prob] * 3
+    out = run_dedup(*duplicated_identities(probs), LOOSE)
+    assert set(out.loc[out["reason"] == "duplicate_identity", "identity"]) == {dropped}
+
+
+def test_ivf_recall_is_logged_as_measured(caplog: pytest.LogCaptureFixture) -> None:
+    """Partners at cosine ~0.6 against a 0.5 threshold land in other IVF lists: probing 1 of 32 lists misses
+    some, and the logged recall must be the real one (the sample covers every identity here)."""
+    rng = np.random.default_rng(7)
+    base = normalise(rng.standard_normal((600, 64)))
+    noise = rng.standard_normal((300, 64))
+    ortho = normalise(noise - (noise * base[:300]).sum(1, keepdims=True) * base[:300])
+    partner = 0.6 * base[:300] + 0.8 * ortho  # cosine exactly 0.6 to its base
+    x = np.concatenate([base, partner]).astype(np.float32)
+    truth = {tuple(p) for p in similar_pairs(x, THRESHOLD).tolist()}
+    assert len(truth) >= 300
+    for nprobe in (1, 32):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="pipeline.identities.dedup"):
+            found = {tuple(p) for p in similar_pairs(x, THRESHOLD, exact_max=100, nlist=32, nprobe=nprobe).tolist()}
+        recall = len(found & truth) / len(truth)
+        logged = float(re.search(r"IVF recall ([0-9.]+)", caplog.text).group(1))
+        assert found <= truth and logged == pytest.approx(recall, abs=1e-4)
+        assert (recall < 0.9) if nprobe == 1 else (recall == 1.0)
 
 
 def test_reference_people_are_never_kept(tmp_path) -> None:

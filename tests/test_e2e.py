@@ -94,7 +94,8 @@ def test_dataset_reads_back_consistently(built: tuple[Path, str]) -> None:
     assert metrics["dataset"]["samples"] == len(meta)
     assert metrics["generate"]["candidates"] == cand["rows"]
     assert sum(metrics["balance"]["reasons"].values()) + metrics["balance"]["kept"] == cand["rows"]
-    assert 0 <= metrics["identity"]["eer"] <= 1  # genuine/impostor crossing of the dataset
+    ident = metrics["identity"]  # genuine/impostor crossing: smoke faces + random embedder measured 0.35
+    assert ident["eer"] < 0.45 and ident["impostor_mean"] < ident["eer_threshold"] < ident["genuine_mean"]
     assert (repo / "reports" / "plots" / "similarity.csv").is_file()
     for picture in ("contact_sheet.jpg", "rejected.jpg"):
         assert (repo / "reports" / picture).read_bytes()[:2] == b"\xff\xd8"

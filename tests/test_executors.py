@@ -90,12 +90,12 @@ def test_every_device_takes_shards_from_the_queue(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One Ray worker process (num_cpus=1) for the module; the test module is pickled by value into it."""
+    """A local Ray with two worker slots for the module; the test module is pickled by value into its workers."""
     ray = pytest.importorskip("ray")
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:
@@ -112,12 +112,13 @@ def test_ray_tasks_give_the_bytes_of_the_local_executor(local_ray, reference: di
 def test_ray_worker_builds_its_models_once_for_many_shards(local_ray, tmp_path: Path) -> None:
     """Ray unpickles the factory afresh for every task; the worker cache must still hit."""
     factory = RecordingFactory(tmp_path)
-    RayExecutor().run(plan_shards(5, 1), factory, [torch.device("cpu")])
+    RayExecutor().run(plan_shards(6, 1), factory, [torch.device("cpu")])
     shards = factory.lines("shards")
-    assert sorted(name for name, _, _ in shards) == [s.name for s in plan_shards(5, 1)]
+    assert sorted(name for name, _, _ in shards) == [s.name for s in plan_shards(6, 1)]
     processes = {pid for _, pid, _ in shards}
     assert sorted(pid for (pid,) in factory.lines("builds")) == sorted(processes)  # one build per process
     assert len({tag for _, _, tag in shards}) == len(processes) and os.getpid() not in {int(p) for p in processes}
+    assert len(processes) < len(shards)  # at most two worker processes ran six shards
 
 
 def test_shard_job_cache_key_survives_pickling_and_differs_per_run(face_pass: FacePass, tmp_path: Path) -> None:

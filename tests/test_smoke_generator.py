@@ -41,7 +41,7 @@ def test_mtcnn_detects_most_smoke_faces() -> None:
     ws = make_ws(g, params, ids, np.zeros_like(ids), torch.device("cpu"))
     pixels = ((g.synthesis(ws) * 127.5 + 128).clamp(0, 255).to(torch.uint8)).permute(0, 2, 3, 1)
     det = MTCNNDetector(128, min_face_size=20)(pixels)
-    assert (det.probs > 0.9).mean() >= 0.4
+    assert (det.probs > 0.9).mean() >= 0.9  # 38 of 40 measured
 
 
 def test_true_attributes_follow_the_identity_layer() -> None:
