@@ -7,16 +7,21 @@ that knows every registry. `load_checked_params` is what a stage calls before an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pipeline.config import Params, load_params
 from pipeline.errors import ConfigError
-from pipeline.registry import Registry
+from pipeline.registry import UnknownNameError
 
 
-def _unknown(registry: Registry[Any], name: str) -> str | None:
-    return None if name in registry else f"unknown {registry.kind} {name!r} (available: {', '.join(registry.names())})"
+def _unknown(check: Callable[[str], object], name: str) -> str | None:
+    """The registry's own error for `name` (it lists the valid names), or None when `check(name)` passes."""
+    try:
+        check(name)
+    except UnknownNameError as err:
+        return str(err)
+    return None
 
 
 def name_problems(params: Params) -> list[str]:
@@ -24,19 +29,16 @@ def name_problems(params: Params) -> list[str]:
     from pipeline.faces.attributes import ATTRIBUTES, load_prompt_set
     from pipeline.faces.detect import DETECTORS
     from pipeline.faces.embed import EMBEDDERS
-    from pipeline.generators import is_known_source, known_sources
+    from pipeline.generators import require_known_source
     from pipeline.runtime.executors import EXECUTORS
 
     found: dict[str, str | None] = {
-        "generator.model": None
-        if is_known_source(params.generator.model)
-        else f"unknown generator {params.generator.model!r} (available: {', '.join(known_sources())}, "
-        "or a .pkl/.pt path)",
-        "detect.model": _unknown(DETECTORS, params.detect.model),
-        "embed.model": _unknown(EMBEDDERS, params.embed.model),
-        "runtime.executor": _unknown(EXECUTORS, params.runtime.executor),
+        "generator.model": _unknown(require_known_source, params.generator.model),
+        "detect.model": _unknown(DETECTORS.get, params.detect.model),
+        "embed.model": _unknown(EMBEDDERS.get, params.embed.model),
+        "runtime.executor": _unknown(EXECUTORS.get, params.runtime.executor),
     }
-    estimators = [_unknown(ATTRIBUTES, n) for n in params.attributes.estimators]
+    estimators = [_unknown(ATTRIBUTES.get, n) for n in params.attributes.estimators]
     found["attributes.estimators"] = next((e for e in estimators if e), None)
     for name in params.attributes.clip_attributes:
         try:

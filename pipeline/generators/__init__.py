@@ -41,6 +41,14 @@ def known_sources() -> list[str]:
     return GENERATORS.names() + sorted(n for n, s in WEIGHTS.items() if s.kind == "generator")
 
 
+def require_known_source(source: str) -> None:
+    """UnknownNameError listing what `generator.model` may be, unless `source` is one of them."""
+    if not is_known_source(source):
+        raise UnknownNameError(
+            f"unknown generator {source!r} (available: {', '.join(known_sources())}, or a .pkl/.pt path)"
+        )
+
+
 def _resolve_file(source: str, weights_dir: Path | None, lock_path: Path | None) -> tuple[Path, str, str, str]:
     """(path, sha256, label, license) of a weights name or a file path, verified against the lock."""
     from pipeline.weights import DEFAULT_LOCK, NVIDIA_LICENSE, WEIGHTS, WeightsError, WeightsLock, verify
@@ -65,10 +73,7 @@ def _load_networks(source: str, weights_dir: Path | None, lock_path: Path | None
     """Every network in the file `source` names (G_ema, D), read and sha256-verified once."""
     from pipeline.generators.checkpoint import load_networks
 
-    if not is_known_source(source):
-        raise UnknownNameError(
-            f"unknown generator {source!r} (available: {', '.join(known_sources())}, or a .pkl/.pt path)"
-        )
+    require_known_source(source)
     path, digest, label, license_text = _resolve_file(source, weights_dir, lock_path)
     networks = load_networks(path)
     for module in networks.values():
