@@ -26,13 +26,13 @@ import os
 import tempfile
 import time
 
-from pipeline.balance import BalanceError, select
 from pipeline.calibrate import run_calibrate
 from pipeline.config import CONFIGS_DIR, _read_yaml, deep_merge, validate_params
+from pipeline.curation.balance import BalanceError, select
+from pipeline.curation.dedup import DEDUP_COLUMNS, dedup_frame
+from pipeline.curation.filter import FILTER_COLUMNS, apply_filter
 from pipeline.faces.attributes import attribute_catalog, balance_targets
-from pipeline.filter import FILTER_COLUMNS, apply_filter
 from pipeline.generate import run_generate
-from pipeline.identities.dedup import DEDUP_COLUMNS, run_dedup
 from pipeline.plugins import check_plugins
 from pipeline.shards.candidates import read_candidates
 
@@ -41,7 +41,7 @@ def curated(params, out: Path, calibration: Path | None):
     run_generate(params, out, calibration=calibration)
     cand = read_candidates(out).to_pandas()
     filtered = apply_filter(cand[FILTER_COLUMNS], params.filter)
-    dedup = run_dedup(filtered, cand[DEDUP_COLUMNS], params.dedup)
+    dedup = dedup_frame(filtered, cand[DEDUP_COLUMNS], params.dedup)
     attrs = [c for c in cand.columns if c.startswith("attr_")]
     return dedup.merge(cand[["key", *attrs]], on="key"), cand
 

@@ -177,6 +177,7 @@ class ExportParams(Section):
     image_quality: Annotated[int, Field(ge=1, le=100)] = 95
     include_full: bool = False
     shuffle: bool = True
+    workers: PositiveInt | Literal["auto"] = "auto"
 
     @field_validator("formats")
     @classmethod

@@ -1,4 +1,4 @@
-"""DVC stage dedup: within-identity consistency, then one identity per cluster of look-alikes."""
+"""DVC stage dedup: within-identity consistency, then a maximal set of identities with no look-alike kept."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ import logging
 
 from pipeline.cli import run_stage, stage_parser
 from pipeline.config import Params
-from pipeline.curation import read_curation, reason_counts, write_curation
-from pipeline.identities.dedup import DEDUP_COLUMNS, run_dedup
-from pipeline.shards.candidates import read_candidates
+from pipeline.curation.capacity import block_size, capacity_curve
+from pipeline.curation.dedup import run_dedup
+from pipeline.shards.io import write_bytes_atomic
 
 log = logging.getLogger("stages.dedup")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    candidates = read_candidates(args.candidates, DEDUP_COLUMNS).to_pandas()
-    result = run_dedup(read_curation(args.filter), candidates, params.dedup)
-    write_curation(result, args.out)
-    log.info("dedup: kept %d samples of %d identities; rejected %s", result["keep"].sum(),
-             result.loc[result["keep"], "identity"].nunique(), reason_counts(result))  # fmt: skip
+    writer, state = run_dedup(args.candidates, args.filter, params.dedup, args.out)
+    ids, duplicate, _ = state.decided
+    log.info("dedup: %s; %d of %d identities kept", writer.summary(), int((~duplicate).sum()), len(ids))
+    count = params.identities.count
+    curve = capacity_curve(ids, state.pairs, ~duplicate, block_size(count, params.identities.shard_size), count)
+    write_bytes_atomic(args.capacity, curve.to_csv(index=False).encode())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,6 +28,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", default="data/candidates")
     p.add_argument("--filter", default="data/curation/filter.parquet")
     p.add_argument("--out", default="data/curation/dedup.parquet")
+    p.add_argument("--capacity", default="reports/plots/capacity.csv", help="identity capacity curve (dvc plot)")
     return p
 
 

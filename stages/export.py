@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.cli import run_stage, stage_parser
 from pipeline.config import Params
-from pipeline.export import run_export
+from pipeline.export.run import run_export
 
 log = logging.getLogger("stages.export")
 

@@ -16,55 +16,53 @@ import pyarrow.parquet as pq
 from pipeline.cli import run_stage, stage_parser
 from pipeline.commands import preview
 from pipeline.config import Params
-from pipeline.curation import read_curation
+from pipeline.curation.capacity import capacity_metrics
+from pipeline.curation.table import keep_mask, read_curation
 from pipeline.faces.attributes import attribute_catalog, balance_targets
-from pipeline.faces.quality import QUALITY_COLUMNS
+from pipeline.faces.columns import QUALITY_COLUMNS
 from pipeline.report.contact_sheet import contact_sheet, rejected_rows, sheet_bytes
 from pipeline.report.metrics import (
     balance_report,
     build_metrics,
+    dataset_embeddings,
     similarity_report,
     write_quality_histograms,
     write_reason_plot,
 )
-from pipeline.shards.candidates import MANIFEST, candidate_columns, read_candidates
+from pipeline.shards.candidates import MANIFEST, candidate_columns, read_candidates, shard_files
 from pipeline.shards.io import write_bytes_atomic, write_json_atomic
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    filtered = read_curation(args.filter)
-    selection = read_curation(args.selection)
+    filtered = read_curation(args.filter, ["key", "identity", "keep", "reason"])
+    deduped = read_curation(args.dedup, ["key", "identity", "keep", "reason"])
+    selection = read_curation(args.selection, ["key", "keep", "reason"])
     metrics = build_metrics(
         json.loads((Path(args.candidates) / MANIFEST).read_text()),
         filtered,
-        read_curation(args.dedup),
+        deduped,
         selection,
         json.loads((Path(args.dataset) / "manifest.json").read_text()),
     )
-    dataset = pq.read_table(Path(args.dataset) / "metadata.parquet", columns=["identity", "embedding"])
-    metrics["identity"] = similarity_report(
-        np.stack(dataset.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32),
-        dataset.column("identity").to_numpy(),
-        Path(args.plots),
-    )
-    metrics["attributes"] = attribute_balance(params, args)
+    embeddings, identities = dataset_embeddings(Path(args.dataset) / "metadata.parquet")
+    metrics["identity"] = similarity_report(embeddings, identities, Path(args.plots))
+    metrics["identity_capacity"] = capacity_metrics(pd.read_csv(args.capacity))
+    metrics["attributes"] = attribute_balance(params, args, keep_mask(deduped))
     write_json_atomic(args.metrics, metrics)
     write_reason_plot(metrics, Path(args.plots) / "rejections.csv")
-    scores = read_candidates(args.candidates, ["key", *QUALITY_COLUMNS]).to_pandas()
-    kept = scores["key"].map(filtered.set_index("key")["keep"]).fillna(False).astype(bool)
-    write_quality_histograms(scores, kept, Path(args.plots) / "quality")
+    scores = read_candidates(args.candidates, list(QUALITY_COLUMNS)).to_pandas()
+    write_quality_histograms(scores, pd.Series(keep_mask(filtered)), Path(args.plots) / "quality")
     write_pictures(selection, Path(args.candidates), Path(args.dataset), Path(args.pictures))
 
 
-def attribute_balance(params: Params, args: argparse.Namespace) -> dict[str, Any]:
+def attribute_balance(params: Params, args: argparse.Namespace, curated: np.ndarray) -> dict[str, Any]:
     """Target vs. achieved per attribute bin: all candidates, after filter + dedup, in the exported dataset."""
     catalog = attribute_catalog(params)
     names = [f"attr_{a}" for a in catalog if f"attr_{a}" in candidate_columns(args.candidates)]
-    candidates = read_candidates(args.candidates, ["key", "identity", "variant", *names]).to_pandas()
-    curated = read_curation(args.dedup)
+    candidates = read_candidates(args.candidates, ["identity", "variant", *names]).to_pandas()
     stages = {
         "candidates": candidates,
-        "curated": candidates[candidates["key"].isin(curated.loc[curated["keep"], "key"])],
+        "curated": candidates[curated],
         "dataset": pq.read_table(
             Path(args.dataset) / "metadata.parquet", columns=["identity", "variant", *names]
         ).to_pandas(),
@@ -72,13 +70,19 @@ def attribute_balance(params: Params, args: argparse.Namespace) -> dict[str, Any
     return balance_report(stages, catalog, balance_targets(params), Path(args.plots) / "balance.csv")
 
 
-def write_pictures(selection: pd.DataFrame, candidates: Path, dataset: Path, folder: Path, per_reason: int = 8) -> None:
-    """rejected.jpg (examples per rejection reason) and contact_sheet.jpg (first classes x their samples)."""
-    wanted = sorted(selection.loc[~selection["keep"]].sort_values("key").groupby("reason")["key"].head(per_reason))
-    table = read_candidates(candidates, ["key", "image"])
-    table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(wanted, pa.string())))
-    images = dict(zip(table.column("key").to_pylist(), table.column("image").to_pylist(), strict=True))
-    sheet = contact_sheet(rejected_rows(selection, images, per_reason), columns=per_reason)
+def write_pictures(selection: pa.Table, candidates: Path, dataset: Path, folder: Path, per_reason: int = 8) -> None:
+    """rejected.jpg (examples per rejection reason) and contact_sheet.jpg (first classes x their samples).
+    Only the shards holding an example are read, and only those rows' images."""
+    rejected = selection.filter(pc.invert(selection.column("keep"))).select(["key", "reason"]).to_pandas()
+    wanted = set(rejected.sort_values("key").groupby("reason")["key"].head(per_reason))
+    images: dict[str, bytes] = {}
+    for path in shard_files(candidates):
+        keys = pq.read_table(path, columns=["key"]).column("key")
+        rows = [i for i, k in enumerate(keys.to_pylist()) if k in wanted]
+        if rows:
+            table = pq.read_table(path, columns=["key", "image"]).take(pa.array(rows))
+            images.update(zip(table.column("key").to_pylist(), table.column("image").to_pylist(), strict=True))
+    sheet = contact_sheet(rejected_rows(rejected.assign(keep=False), images, per_reason), columns=per_reason)
     write_bytes_atomic(folder / "rejected.jpg", sheet_bytes(sheet))
     preview(dataset, rows=8, out=folder / "contact_sheet.jpg")
 
@@ -90,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dedup", default="data/curation/dedup.parquet")
     p.add_argument("--selection", default="data/curation/selection.parquet")
     p.add_argument("--dataset", default="data/dataset")
+    p.add_argument("--capacity", default="reports/plots/capacity.csv", help="dedup's identity capacity curve")
     p.add_argument("--metrics", default="reports/metrics.json")
     p.add_argument("--plots", default="reports/plots")
     p.add_argument("--pictures", default="reports", help="folder for contact_sheet.jpg and rejected.jpg")

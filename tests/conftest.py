@@ -55,29 +55,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+#: The exported_dataset fixture's overrides of small_params (its files sit beside the dataset folder).
+EXPORTED: dict[str, Any] = {
+    "dedup": {"max_identity_similarity": 0.9999, "min_sample_consistency": -1.0, "max_sample_similarity": 1.0},
+    "filter": {"min_det_prob": 0.5, "min_face_fraction": 0.0},
+    "dataset": {"identities": 3, "images_per_identity": 2},
+    "export": {"samples_per_shard": 4},
+}
+
+
 @pytest.fixture(scope="session")
 def exported_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny dataset built through the library stages: 6 identities x 4 candidates -> 3 classes x 2."""
-    from pipeline.balance import SELECTION_FIELDS, select
-    from pipeline.curation import write_curation
-    from pipeline.export import run_export
-    from pipeline.filter import FILTER_COLUMNS, apply_filter
+    from pipeline.curation.balance import run_balance
+    from pipeline.curation.dedup import run_dedup
+    from pipeline.curation.filter import run_filter
+    from pipeline.export.run import run_export
     from pipeline.generate import run_generate
-    from pipeline.identities.dedup import DEDUP_COLUMNS, run_dedup
-    from pipeline.shards.candidates import read_candidates
 
     root = tmp_path_factory.mktemp("dataset")
-    params = small_params(
-        dedup={"max_identity_similarity": 0.9999, "min_sample_consistency": -1.0, "max_sample_similarity": 1.0},
-        filter={"min_det_prob": 0.5, "min_face_fraction": 0.0},
-        dataset={"identities": 3, "images_per_identity": 2},
-        export={"samples_per_shard": 4},
-    )
+    params = small_params(**EXPORTED)
     cand = root / "candidates"
     run_generate(params, cand)
-    filtered = apply_filter(read_candidates(cand, FILTER_COLUMNS).to_pandas(), params.filter)
-    deduped = run_dedup(filtered, read_candidates(cand, DEDUP_COLUMNS).to_pandas(), params.dedup)
-    write_curation(select(deduped, params.dataset), root / "selection.parquet", SELECTION_FIELDS)
+    run_filter(cand, params.filter, root / "filter.parquet")
+    run_dedup(cand, root / "filter.parquet", params.dedup, root / "dedup.parquet")
+    run_balance(cand, root / "dedup.parquet", params.dataset, params.balance, [], root / "selection.parquet")
     run_export(params, cand, root / "selection.parquet", root / "dataset")
     return root / "dataset"
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.balance import BalanceError, achieved, bounds, select, target_bins
 from pipeline.config import BalanceParams, DatasetParams
+from pipeline.curation.balance import BalanceError, achieved, bounds, select, target_bins
 from pipeline.faces.attributes import AttributeInfo
 
 

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import deep_merge, load_params, validate_params
+from pipeline.config import available_presets, deep_merge, load_params, validate_params
 from pipeline.errors import ConfigError
 from pipeline.plugins import check_plugins
 
@@ -104,7 +104,7 @@ def test_params_override_preset(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("preset: nope\n", "preset: unknown preset 'nope' (available: ffhq1024-sg3, ffhq256, smoke)"),
+        ("preset: nope\n", "preset: unknown preset 'nope' (available: ffhq1024-sg3, ffhq256, million, smoke)"),
         ("identities: {count: [\n", "params.yaml: invalid YAML at line"),
         ("- a\n- b\n", "params.yaml: must be a mapping of sections, got list"),
     ],
@@ -242,3 +242,13 @@ def test_mutated_params_are_valid_or_name_their_key_path(data: st.DataObject) ->
             parts = re.findall(r"'[^']*'|\"[^\"]*\"|[^.]+", path)
             assert path == "(top level)" or all(plain.fullmatch(p) for p in parts), line
             assert parts[0] in Params.model_fields or "unknown key" in message or path == "(top level)", line
+
+
+@pytest.mark.parametrize("preset", available_presets())
+def test_every_preset_passes_the_schema_and_the_plugin_checks(tmp_path: Path, preset: str) -> None:
+    from pipeline.plugins import load_checked_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text(f"preset: {preset}\n")
+    params = load_checked_params(path)
+    assert params.preset == preset and params.dataset.identities <= params.identities.count

@@ -1,5 +1,5 @@
-"""Dedup properties on synthetic embeddings (hypothesis): threshold respected, one per planted group,
-independent of input order, idempotent."""
+"""Dedup properties on synthetic embeddings (hypothesis): no kept pair above the threshold, every dropped
+identity has a kept look-alike, independent of input order, at least as many kept as one per component."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.sparse import coo_array
+from scipy.sparse.csgraph import connected_components
 
 from pipeline.config import DedupParams
-from pipeline.identities.consistency import consistency_reasons, normalise
-from pipeline.identities.dedup import representatives, run_dedup, similar_pairs
+from pipeline.curation.consistency import consistency_reasons, normalise
+from pipeline.curation.dedup import dedup_frame, dedup_identities, independent_set, similar_pairs
 
 THRESHOLD = 0.5
+PARAMS = DedupParams(max_identity_similarity=THRESHOLD)
 
 
 def planted(n_groups: int, sizes: list[int], seed: int, dim: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -30,8 +33,21 @@ def planted(n_groups: int, sizes: list[int], seed: int, dim: int = 64) -> tuple[
 
 
 def dedup_ids(vectors: np.ndarray, ids: np.ndarray, quality: np.ndarray) -> set[int]:
-    pairs = similar_pairs(vectors, THRESHOLD)
-    return set(ids[representatives(len(ids), pairs, quality, ids)].tolist())
+    keep, _ = dedup_identities(vectors, ids, quality, PARAMS)
+    return set(ids[keep].tolist())
+
+
+def chains(n_chains: int, length: int, seed: int, dim: int = 64) -> np.ndarray:
+    """Paths a~b~c~...: neighbours at cosine 0.6 (above the threshold), two apart at 0.36 (below)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_chains):
+        basis = np.linalg.qr(rng.standard_normal((dim, length)))[0].T  # orthonormal rows
+        v = [basis[0]]
+        for j in range(1, length):
+            v.append(0.6 * v[-1] + 0.8 * basis[j])
+        out += v
+    return np.asarray(out, np.float32)
 
 
 @settings(max_examples=30, deadline=None)
@@ -49,18 +65,66 @@ def test_dedup_properties(sizes: list[int], seed: int, perm_seed: int) -> None:
     kv = vectors[[index[i] for i in sorted(kept)]]
     sims = kv @ kv.T
     assert (sims[~np.eye(len(kv), dtype=bool)] <= THRESHOLD).all()  # no kept pair above threshold
-    assert sorted(group[[index[i] for i in kept]].tolist()) == list(range(len(sizes)))  # one per group
+    assert sorted(group[[index[i] for i in kept]].tolist()) == list(range(len(sizes)))  # one per tight group
     perm = np.random.default_rng(perm_seed).permutation(len(vectors))
     assert dedup_ids(vectors[perm], ids[perm], quality[perm]) == kept  # order-independent
     sel = np.array(sorted(index[i] for i in kept))
     assert dedup_ids(vectors[sel], ids[sel], quality[sel]) == kept  # idempotent
 
 
-def test_best_quality_survives_then_lowest_id() -> None:
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(2, 60),
+    edges=st.lists(st.tuples(st.integers(0, 59), st.integers(0, 59)), max_size=150),
+    seed=st.integers(0, 2**16),
+)
+def test_independent_set_on_random_graphs(n: int, edges: list[tuple[int, int]], seed: int) -> None:
+    """Independent (no kept pair), maximal (every dropped node has a kept neighbour), independent of the
+    order nodes come in, and never fewer than one per connected component."""
+    pairs = np.array(sorted({(min(a, b), max(a, b)) for a, b in edges if a != b and a < n and b < n}), np.int64)
+    pairs = pairs.reshape(-1, 2)
+    rng = np.random.default_rng(seed)
+    quality, ids = rng.random(n).round(1), rng.permutation(n) * 3
+    keep = independent_set(pairs, quality, ids)
+    assert not (keep[pairs[:, 0]] & keep[pairs[:, 1]]).any()
+    dropped_has_kept = np.zeros(n, bool)
+    for a, b in pairs:
+        dropped_has_kept[a] |= keep[b]
+        dropped_has_kept[b] |= keep[a]
+    assert dropped_has_kept[~keep].all()
+    perm = rng.permutation(n)
+    inverse = np.argsort(perm)
+    moved = inverse[pairs] if len(pairs) else pairs
+    assert (independent_set(np.sort(moved, 1), quality[perm], ids[perm]) == keep[perm]).all()
+    graph = coo_array((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    assert keep.sum() >= connected_components(graph, directed=False)[0]
+
+
+def test_a_path_of_three_keeps_both_ends() -> None:
+    vectors = chains(1, 3, seed=0)
+    sims = vectors @ vectors.T
+    assert sims[0, 1] > THRESHOLD and sims[1, 2] > THRESHOLD and sims[0, 2] < THRESHOLD
+    assert dedup_ids(vectors, np.array([10, 11, 12]), np.array([0.9, 0.99, 0.9])) == {10, 12}
+
+
+def test_fewest_look_alikes_then_best_quality_then_lowest_id() -> None:
     vectors, _ = planted(1, [3], seed=0)
     ids = np.array([10, 11, 12])
     assert dedup_ids(vectors, ids, np.array([0.1, 0.9, 0.5])) == {11}
     assert dedup_ids(vectors, ids, np.array([0.5, 0.5, 0.5])) == {10}
+
+
+def test_ivf_training_sample_is_chosen_by_identity_not_row() -> None:
+    """Above exact_search_max the IVF index decides; shuffled rows must give the same kept set."""
+    vectors = chains(200, 3, seed=4)
+    ids = np.arange(len(vectors)) * 5
+    quality = np.full(len(vectors), 0.9)
+    params = DedupParams(max_identity_similarity=THRESHOLD, exact_search_max=100, ivf_nlist=8, ivf_nprobe=2)
+    keep, _ = dedup_identities(vectors, ids, quality, params)
+    perm = np.random.default_rng(0).permutation(len(vectors))
+    keep_perm, _ = dedup_identities(vectors[perm], ids[perm], quality[perm], params)
+    assert set(ids[perm][keep_perm]) == set(ids[keep])
+    assert keep.sum() >= 400  # both ends of every chain (more where the IVF misses a pair)
 
 
 def test_ivf_path_finds_the_planted_pairs() -> None:
@@ -100,7 +164,7 @@ LOOSE = DedupParams(min_sample_consistency=-1.0, max_sample_similarity=1.0)
 
 
 def test_run_dedup_carries_earlier_rejections() -> None:
-    out = run_dedup(*duplicated_identities([0.99] * 12), LOOSE)
+    out = dedup_frame(*duplicated_identities([0.99] * 12), LOOSE)
     assert out.loc[1, "reason"] == "no_face"
     assert set(out.loc[out["reason"] == "duplicate_identity", "identity"]) == {3}  # a tie: the lower id stays
     assert out["keep"].sum() == 12 - 1 - 3
@@ -110,7 +174,7 @@ def test_run_dedup_carries_earlier_rejections() -> None:
 def test_run_dedup_keeps_the_duplicate_with_the_best_mean_detector_probability(copy_prob: float, dropped: int) -> None:
     """Mean over the samples still kept: identity 0's rejected sample (det_prob 0.0) does not drag it down."""
     probs = [0.98, 0.0, 0.98] + [0.99] * 6 + [copy_prob] * 3
-    out = run_dedup(*duplicated_identities(probs), LOOSE)
+    out = dedup_frame(*duplicated_identities(probs), LOOSE)
     assert set(out.loc[out["reason"] == "duplicate_identity", "identity"]) == {dropped}
 
 
@@ -127,7 +191,7 @@ def test_ivf_recall_is_logged_as_measured(caplog: pytest.LogCaptureFixture) -> N
     assert len(truth) >= 300
     for nprobe in (1, 32):
         caplog.clear()
-        with caplog.at_level("INFO", logger="pipeline.identities.dedup"):
+        with caplog.at_level("INFO", logger="pipeline.curation.dedup"):
             found = {tuple(p) for p in similar_pairs(x, THRESHOLD, exact_max=100, nlist=32, nprobe=nprobe).tolist()}
         recall = len(found & truth) / len(truth)
         logged = float(re.search(r"IVF recall ([0-9.]+)", caplog.text).group(1))
@@ -146,14 +210,14 @@ def test_reference_people_are_never_kept(tmp_path) -> None:
     real = tmp_path / "real.parquet"
     pq.write_table(pa.table({"embedding": [vectors[4].tolist(), normalise(np.ones(512)).tolist()]}), real)
     params = DedupParams(min_sample_consistency=-1.0, max_sample_similarity=1.0, reference=str(real))
-    out = run_dedup(curation, candidates, params)
+    out = dedup_frame(curation, candidates, params)
     assert set(out.loc[out["reason"] == "matches_reference", "identity"]) == {1}  # vectors[4] is identity 1
     assert out["keep"].sum() == 9
 
 
 def test_missing_reference_file_is_a_clear_error(tmp_path) -> None:
+    from pipeline.curation.dedup import load_reference
     from pipeline.errors import PipelineError
-    from pipeline.identities.dedup import load_reference
 
     with pytest.raises(PipelineError, match=r"dedup.reference: .*nope.parquet not found"):
         load_reference(tmp_path / "nope.parquet")

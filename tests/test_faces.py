@@ -11,10 +11,10 @@ from PIL import Image, ImageFilter
 from skimage import data
 
 from pipeline.config import FilterParams
+from pipeline.curation.filter import apply_filter
 from pipeline.faces.align import transform_points, umeyama
 from pipeline.faces.analyze import FaceAnalyzer
 from pipeline.faces.detect import MTCNNDetector
-from pipeline.filter import apply_filter
 
 from .conftest import small_params
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from pipeline.config import FilterParams
+from pipeline.curation.filter import RULES, apply_filter
 from pipeline.errors import PipelineError
-from pipeline.filter import RULES, apply_filter
 
 GOOD = {
     "key": "000000000_000", "identity": 0, "variant": 0, "det_prob": 0.999, "n_faces": 1,

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.faces.quality import QUALITY_COLUMNS
+from pipeline.faces.columns import QUALITY_COLUMNS
 from pipeline.generate import run_generate, shard_fingerprint
 from pipeline.shards.candidates import ShardSpec, ShardStore, plan_shards, read_candidates
 from pipeline.shards.io import atomic_path, sha256_file
@@ -169,7 +169,7 @@ def test_non_finite_generator_output_is_rejected(face_pass, monkeypatch: pytest.
     import torch
 
     from pipeline.config import FilterParams
-    from pipeline.filter import apply_filter
+    from pipeline.curation.filter import apply_filter
 
     original = face_pass.generator.synthesis
 

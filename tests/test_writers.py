@@ -13,7 +13,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipeline.export import partition
+from pipeline.export.run import partition
 from pipeline.shards.notice import TRAINED_ALGORITHMIC_MEDIA, encode_with_notice, read_notice
 from pipeline.shards.writers import WRITERS
 

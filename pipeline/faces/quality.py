@@ -1,20 +1,4 @@
-"""Quality scores, one `q_*` column each; the filter stage thresholds them (drops are data).
-
-Meaning and direction of each column:
-- q_finite: 1 if the generated image had no NaN/Inf, else 0.
-- q_face_fraction: detected box area / image area (bigger = closer face).
-- q_roll: eye-line angle in degrees (0 = level; sign follows image y down).
-- q_eye_distance: inter-ocular distance / box width (small = profile or bad landmarks).
-- q_nose_position: nose x between the eyes, 0 = on the left eye, 1 = on the right eye (0.5 = frontal).
-- q_landmarks_inside: 1 if all five landmarks lie inside the box.
-- q_align_residual: RMS distance of the fitted landmarks to the template / crop size (lower = better).
-- q_sharpness: variance of the Laplacian of the aligned crop's luminance, 0-255 scale (higher = sharper).
-- q_brightness: mean luminance of the crop's centre, 0-1.
-- q_clipped: fraction of the crop's centre that is black (<= 2) or blown out (>= 253).
-- q_serfiq: SER-FIQ quality in (0, 1], stability of the embedding under dropout (higher = better).
-- q_disc: the StyleGAN discriminator's realism logit (higher = more real); NaN without a discriminator.
-  Scored per sample (minibatch-std over a group of one) so it does not depend on the batch.
-"""
+"""Quality scorers: each fills one `q_*` column (meanings in pipeline/faces/columns.py)."""
 
 from __future__ import annotations
 
@@ -23,11 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.faces.detect import Detections
-
-QUALITY_COLUMNS = (
-    "q_finite", "q_face_fraction", "q_roll", "q_eye_distance", "q_nose_position",
-    "q_landmarks_inside", "q_align_residual", "q_sharpness", "q_brightness", "q_clipped", "q_serfiq", "q_disc",
-)  # fmt: skip
 
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
 _LUMA = (0.299, 0.587, 0.114)

@@ -1,1 +1,1 @@
-"""Identity sampling, within-identity consistency and cross-identity dedup."""
+"""Identity sampling: canonical latents and their variants, deterministic from (seed, identity)."""

@@ -7,20 +7,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipeline.curation import reason_counts
+from pipeline.curation.table import reason_counts
 from pipeline.shards.io import write_bytes_atomic
 
 
-def stage_metrics(df: pd.DataFrame) -> dict[str, Any]:
-    return {"kept": int(df["keep"].sum()), "rejected": int((~df["keep"]).sum()), "reasons": reason_counts(df)}
+def stage_metrics(table: pa.Table) -> dict[str, Any]:
+    kept = int(pc.sum(table.column("keep")).as_py() or 0)
+    return {"kept": kept, "rejected": table.num_rows - kept, "reasons": reason_counts(table)}
 
 
 def build_metrics(
     candidates: dict[str, Any],
-    filtered: pd.DataFrame,
-    deduped: pd.DataFrame,
-    selection: pd.DataFrame,
+    filtered: pa.Table,
+    deduped: pa.Table,
+    selection: pa.Table,
     dataset: dict[str, Any],
 ) -> dict[str, Any]:
     """Counts per stage and per rejection reason; each curation table is cumulative."""
@@ -32,7 +35,10 @@ def build_metrics(
             "faces_found": sum(int(s["stats"]["faces_found"]) for s in candidates["shards"]),
         },
         "filter": stage_metrics(filtered),
-        "dedup": {**stage_metrics(deduped), "identities_kept": int(deduped.loc[deduped["keep"], "identity"].nunique())},
+        "dedup": {
+            **stage_metrics(deduped),
+            "identities_kept": len(pc.unique(deduped.column("identity").filter(deduped.column("keep")))),
+        },
         "balance": stage_metrics(selection),
         "dataset": dataset["counts"],
     }
@@ -52,7 +58,7 @@ def write_reason_plot(metrics: dict[str, Any], path: Path) -> None:
 def write_quality_histograms(candidates: pd.DataFrame, kept: pd.Series, folder: Path, bins: int = 30) -> list[str]:
     """reports/plots/quality/<q_column>.csv: per bin, how many candidates and how many of them the filter
     kept; thresholds can be tuned from these without regenerating. Returns the columns written."""
-    from pipeline.faces.quality import QUALITY_COLUMNS
+    from pipeline.faces.columns import QUALITY_COLUMNS
 
     written = []
     for column in QUALITY_COLUMNS:
@@ -70,28 +76,59 @@ def write_quality_histograms(candidates: pd.DataFrame, kept: pd.Series, folder: 
     return written
 
 
+#: Samples the identity-similarity report reads at most (whole identities, a seeded choice of them).
+SIMILARITY_MAX_SAMPLES = 200_000
+
+
+def dataset_embeddings(metadata: Path, max_samples: int = SIMILARITY_MAX_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """Float16 embeddings and identities of a seeded choice of whole identities from metadata.parquet, read
+    batch by batch: memory is bounded by `max_samples` however large the dataset."""
+    import pyarrow.parquet as pq
+
+    from pipeline.shards.candidates import embedding_matrix
+
+    identities = pq.read_table(metadata, columns=["identity"]).column("identity").to_numpy()
+    unique = np.unique(identities)
+    if not len(unique):
+        return np.zeros((0, 512), np.float16), identities
+    per_identity = len(identities) / len(unique)
+    count = min(len(unique), max(2, int(max_samples / per_identity)))
+    chosen = np.sort(np.random.default_rng(0).choice(unique, count, replace=False))
+    parts, ids = [], []
+    for batch in pq.ParquetFile(metadata).iter_batches(columns=["identity", "embedding"], batch_size=65_536):
+        batch_ids = batch.column(0).to_numpy()
+        mask = np.isin(batch_ids, chosen)
+        parts.append(embedding_matrix(batch.column(1).filter(pa.array(mask))))
+        ids.append(batch_ids[mask])
+    return np.concatenate(parts), np.concatenate(ids)
+
+
 def similarity_report(
     embeddings: np.ndarray, identities: np.ndarray, folder: Path, max_impostor_pairs: int = 200_000, bins: int = 100
 ) -> dict[str, float]:
     """Genuine (same identity) vs. impostor (different identities) cosine histograms of the dataset
     (`similarity.csv` for dvc plots) and the equal-error crossing: the threshold where the share of
-    impostor pairs above it equals the share of genuine pairs below it."""
-    from pipeline.identities.consistency import normalise
+    impostor pairs above it equals the share of genuine pairs below it. Vectors are normalised a group
+    or a chunk at a time, so float16 input is never copied whole."""
+    from pipeline.curation.consistency import normalise
 
-    emb = normalise(embeddings)
     order = np.argsort(identities, kind="stable")
-    emb, identities = emb[order], identities[order]
+    sorted_ids = identities[order]
     genuine = []
-    for group in np.split(np.arange(len(identities)), np.flatnonzero(np.diff(identities)) + 1):
+    for group in np.split(order, np.flatnonzero(np.diff(sorted_ids)) + 1):
         if len(group) > 1:
-            sims = emb[group] @ emb[group].T
-            genuine.append(sims[np.triu_indices(len(group), 1)])
+            e = normalise(embeddings[np.sort(group)])
+            genuine.append((e @ e.T)[np.triu_indices(len(group), 1)])
     genuine_sims = np.concatenate(genuine) if genuine else np.zeros(0)
     rng = np.random.default_rng(0)
-    a = rng.integers(0, len(emb), max_impostor_pairs)
-    b = rng.integers(0, len(emb), max_impostor_pairs)
+    a = rng.integers(0, len(embeddings), max_impostor_pairs) if len(embeddings) else np.zeros(0, np.int64)
+    b = rng.integers(0, len(embeddings), max_impostor_pairs) if len(embeddings) else np.zeros(0, np.int64)
     different = identities[a] != identities[b]
-    impostor_sims = np.einsum("ij,ij->i", emb[a[different]], emb[b[different]])
+    a, b = a[different], b[different]
+    impostor_sims = np.concatenate(
+        [np.einsum("ij,ij->i", normalise(embeddings[a[lo : lo + 16_384]]), normalise(embeddings[b[lo : lo + 16_384]]))
+         for lo in range(0, len(a), 16_384)] or [np.zeros(0)]
+    )  # fmt: skip
     edges = np.linspace(-1, 1, bins + 1)
     g_hist = np.histogram(genuine_sims, edges)[0] / max(len(genuine_sims), 1)
     i_hist = np.histogram(impostor_sims, edges)[0] / max(len(impostor_sims), 1)
@@ -100,8 +137,8 @@ def similarity_report(
     if not len(genuine_sims) or not len(impostor_sims):
         return {}
     thresholds = np.linspace(-1, 1, 2001)
-    far = (impostor_sims[None, :] > thresholds[:, None]).mean(1)
-    frr = (genuine_sims[None, :] <= thresholds[:, None]).mean(1)
+    far = 1.0 - np.searchsorted(np.sort(impostor_sims), thresholds, side="right") / len(impostor_sims)
+    frr = np.searchsorted(np.sort(genuine_sims), thresholds, side="right") / len(genuine_sims)
     k = int(np.argmin(np.abs(far - frr)))
     return {
         "genuine_mean": float(genuine_sims.mean()),
@@ -118,7 +155,7 @@ def balance_report(
     path: Path,
 ) -> dict[str, Any]:
     """Per attribute bin: target and achieved share at each stage (dvc plots CSV + metrics)."""
-    from pipeline.balance import class_shares
+    from pipeline.curation.balance import class_shares
 
     lines = ["bin,target," + ",".join(stages)]
     report: dict[str, Any] = {}

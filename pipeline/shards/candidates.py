@@ -12,15 +12,17 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.faces.quality import QUALITY_COLUMNS
+from pipeline.faces.columns import QUALITY_COLUMNS
 from pipeline.shards.io import atomic_path, sha256_file, sha256_stream, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -190,15 +192,36 @@ class ShardStore:
         write_json_atomic(folder / f"{spec.name}.json", marker)
 
 
-def read_candidates(folder: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """All shards listed in the candidate manifest, in shard order; `columns` limits what is read."""
+def shard_files(folder: str | Path) -> list[Path]:
+    """The Parquet file of every shard the candidate manifest lists, in shard (identity) order."""
     folder = Path(folder)
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{folder / MANIFEST} not found: run the generate stage first (dvc repro)") from None
-    tables = [pq.read_table(folder / f"{s['shard']}.parquet", columns=columns) for s in manifest["shards"]]
+    return [folder / f"{s['shard']}.parquet" for s in manifest["shards"]]
+
+
+def iter_candidates(folder: str | Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """One candidate shard at a time (rows sorted by key, identities contiguous): what curation streams."""
+    for path in shard_files(folder):
+        yield pq.read_table(path, columns=columns)
+
+
+def read_candidates(folder: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """All shards at once, for small sets (tests, reports of a few columns); stages stream `iter_candidates`."""
+    tables = list(iter_candidates(folder, columns))
     return pa.concat_tables(tables) if tables else candidate_schema([]).empty_table()
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size-list column as one [rows, dim] numpy array, without a Python object per row."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    dim = column.type.list_size
+    parts = [c.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim) for c in chunks if len(c)]
+    if not parts:
+        return np.zeros((0, dim), column.type.value_type.to_pandas_dtype())
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def candidate_columns(folder: str | Path) -> list[str]:

@@ -52,3 +52,46 @@ def sha256_stream(fh: BinaryIO, chunk: int = 1 << 20) -> str:
     while block := fh.read(chunk):
         digest.update(block)
     return digest.hexdigest()
+
+
+class HashingFile:
+    """A write-only binary file that hashes and counts what passes through, so a writer's output needs
+    no second read for its manifest entry (tar and Parquet writers only write and tell)."""
+
+    def __init__(self, fh: BinaryIO):
+        self._fh = fh
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data)
+        self._digest.update(view)
+        self.size += view.nbytes
+        return self._fh.write(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+
+@contextlib.contextmanager
+def hashed_atomic(path: str | Path) -> Iterator[HashingFile]:
+    """Write `path` atomically through a HashingFile; its sha256 and size are final when the block ends."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        yield HashingFile(fh)

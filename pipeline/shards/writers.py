@@ -1,8 +1,9 @@
 """Dataset shard writers (WebDataset tar, Hugging Face Parquet), registered by `export.formats` name.
 
 A sample is a dict: key, class, identity, variant, image (encoded aligned crop), optional full
-(encoded full frame), meta (JSON-able metadata). Every writer writes to a temporary name and
-renames, with fixed member metadata so identical input gives identical bytes.
+(encoded full frame), meta (JSON-able metadata) and optionally meta_json (meta already serialised).
+Every writer writes to a temporary name and renames, with fixed member metadata so identical input gives
+identical bytes, and returns the sha256 and size of what it wrote, hashed on the way out.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.registry import Registry
-from pipeline.shards.io import atomic_path
+from pipeline.shards.io import hashed_atomic
 
 #: Parquet row groups of about this many bytes stream well (what `datasets` targets for images).
 ROW_GROUP_BYTES = 100 << 20
-FIXED_MTIME = 0.0
+#: An int: a float mtime makes Python's tarfile add a PAX header (two 512-byte blocks) to every member.
+FIXED_MTIME = 0
 #: A WebDataset key is the member name up to the first dot: no dots, no slashes, nothing relative.
 SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -35,7 +37,9 @@ class ShardWriter(Protocol):
     folder: str
     suffix: str
 
-    def write(self, path: Path, samples: list[dict[str, Any]], image_ext: str) -> None: ...
+    def write(self, path: Path, samples: list[dict[str, Any]], image_ext: str) -> dict[str, Any]:
+        """Write the shard atomically; returns its sha256 and bytes, hashed as it was written."""
+        ...
 
 
 class WebDatasetWriter:
@@ -44,12 +48,11 @@ class WebDatasetWriter:
     folder = "webdataset"
     suffix = ".tar"
 
-    def write(self, path: Path, samples: list[dict[str, Any]], image_ext: str) -> None:
+    def write(self, path: Path, samples: list[dict[str, Any]], image_ext: str) -> dict[str, Any]:
         import webdataset as wds
 
         with (
-            atomic_path(path) as tmp,
-            open(tmp, "wb") as fh,
+            hashed_atomic(path) as fh,
             wds.TarWriter(fh, encoder=False, mtime=FIXED_MTIME, user="synthfaces", group="synthfaces") as tar,
         ):
             for s in samples:
@@ -57,11 +60,12 @@ class WebDatasetWriter:
                     "__key__": check_key(s["key"]),
                     image_ext: s["image"],
                     "cls": str(s["class"]).encode(),
-                    "json": json.dumps(s["meta"], sort_keys=True).encode(),
+                    "json": s.get("meta_json") or json.dumps(s["meta"], sort_keys=True).encode(),
                 }
                 if s.get("full") is not None:
                     record[f"full.{image_ext}"] = s["full"]
                 tar.write(record)
+        return {"sha256": fh.sha256, "bytes": fh.size}
 
 
 class HuggingFaceParquetWriter:
@@ -70,7 +74,7 @@ class HuggingFaceParquetWriter:
     folder = "parquet"
     suffix = ".parquet"
 
-    def write(self, path: Path, samples: list[dict[str, Any]], image_ext: str) -> None:
+    def write(self, path: Path, samples: list[dict[str, Any]], image_ext: str) -> dict[str, Any]:
         image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
         columns: dict[str, Any] = {
             "key": pa.array([s["key"] for s in samples], pa.string()),
@@ -98,8 +102,9 @@ class HuggingFaceParquetWriter:
         table = pa.table(columns)
         table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
         per_row = max(1, table.nbytes // max(1, table.num_rows))
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp, row_group_size=max(1, ROW_GROUP_BYTES // per_row), compression="zstd")
+        with hashed_atomic(path) as fh:
+            pq.write_table(table, fh, row_group_size=max(1, ROW_GROUP_BYTES // per_row), compression="zstd")
+        return {"sha256": fh.sha256, "bytes": fh.size}
 
 
 def _value_feature(arrow_type: pa.DataType) -> dict[str, Any]:

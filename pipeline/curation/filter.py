@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipeline.config import FilterParams
+from pipeline.curation.table import CurationWriter
 from pipeline.errors import PipelineError
-from pipeline.faces.quality import QUALITY_COLUMNS
+from pipeline.faces.columns import QUALITY_COLUMNS
+from pipeline.shards.candidates import iter_candidates
 
+#: Every rule a rejected candidate fails, beside the first one in `reason`.
+REASONS_FIELD = pa.field("reasons", pa.list_(pa.string()))
 #: Candidate columns the filter reads (no pixels, no embeddings).
 FILTER_COLUMNS = ["key", "identity", "variant", "det_prob", "n_faces", *QUALITY_COLUMNS]
 
@@ -62,19 +68,30 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+def unscored(candidates: pd.DataFrame, params: FilterParams) -> int:
+    """Candidates a discriminator threshold cannot judge (no q_disc); 0 when the rule is off."""
+    return 0 if params.min_disc_logit is None else int(candidates["q_disc"].isna().sum())
+
+
+def _unscored_error(count: int, total: int) -> PipelineError:
+    return PipelineError(
+        f"filter.min_disc_logit: {count} of {total} candidates have no discriminator score "
+        "(q_disc is empty: the generator file carries no discriminator, or generator.disc_score was false "
+        "when they were generated); set filter.min_disc_logit: null, or regenerate with a discriminator"
+    )
+
+
 def apply_filter(candidates: pd.DataFrame, params: FilterParams) -> pd.DataFrame:
     """Keep/reject every candidate: columns key, identity, variant, keep, reason, reasons.
 
     A discriminator threshold over candidates without a discriminator score is an error, not a silent
     pass (NaN compares false) or a silent rejection of everything."""
-    if params.min_disc_logit is not None:
-        unscored = int(candidates["q_disc"].isna().sum())
-        if unscored:
-            raise PipelineError(
-                f"filter.min_disc_logit: {unscored} of {len(candidates)} candidates have no discriminator score "
-                "(q_disc is empty: the generator file carries no discriminator, or generator.disc_score was false "
-                "when they were generated); set filter.min_disc_logit: null, or regenerate with a discriminator"
-            )
+    if count := unscored(candidates, params):
+        raise _unscored_error(count, len(candidates))
+    return _decide(candidates, params)
+
+
+def _decide(candidates: pd.DataFrame, params: FilterParams) -> pd.DataFrame:
     failed = np.stack([np.asarray(rule.rejects(candidates, params), dtype=bool) for rule in RULES], axis=1)
     names = np.array([rule.reason for rule in RULES], dtype=object)
     reasons = [list(names[row]) for row in failed]
@@ -88,3 +105,20 @@ def apply_filter(candidates: pd.DataFrame, params: FilterParams) -> pd.DataFrame
             "reasons": reasons,
         }
     )
+
+
+def run_filter(candidates: str | Path, params: FilterParams, out: str | Path) -> CurationWriter:
+    """The filter stage: every candidate shard through the rules, one shard in memory at a time.
+
+    Unscored candidates are counted over all shards before the error, so it says how many there are."""
+    missing = total = 0
+    with CurationWriter(out, [REASONS_FIELD]) as writer:
+        for shard in iter_candidates(candidates, FILTER_COLUMNS):
+            frame = shard.to_pandas()
+            total += len(frame)
+            missing += unscored(frame, params)
+            if not missing:
+                writer.write(_decide(frame, params))
+        if missing:
+            raise _unscored_error(missing, total)
+    return writer

@@ -1,0 +1,1 @@
+"""Export: the selected samples -> dataset shards (WebDataset, Parquet), metadata, card and manifest."""

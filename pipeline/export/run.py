@@ -1,0 +1,291 @@
+"""The export stage's driver: selected candidates -> dataset shards, metadata, card, manifest, in two passes
+over a process pool (encode per candidate shard into spills, then write per output shard)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+import pipeline
+from pipeline.config import Params
+from pipeline.curation.consistency import normalise
+from pipeline.curation.table import keep_mask, read_curation, reason_counts
+from pipeline.errors import PipelineError
+from pipeline.export.workers import EncodeTask, WriteTask, encode_shard, read_spill, write_shard
+from pipeline.faces.columns import QUALITY_COLUMNS
+from pipeline.report.card import render_card
+from pipeline.runtime.progress import progress
+from pipeline.shards.candidates import IMAGE_COLUMNS, MANIFEST, embedding_matrix, shard_files
+from pipeline.shards.io import hashed_atomic, write_json_atomic
+from pipeline.shards.notice import description
+from pipeline.shards.writers import WRITERS
+
+log = logging.getLogger(__name__)
+
+SHARD_PREFIX = "train"
+#: Temporary folder of the encoded samples between the two passes (removed at the end and at the next start).
+SPILL = ".export-spill"
+#: Samples (the first by key) for the card's genuine / impostor means.
+SIMILARITY_SAMPLES = 4000
+T = TypeVar("T")
+R = TypeVar("R")
+JSON_FIELDS = ("identity", "variant", "seed", "psi", "det_prob", "n_faces", "box", "landmarks", "model_sha256")
+
+
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True, timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return f"synthfaces {pipeline.__version__}"
+    return f"synthfaces {pipeline.__version__} ({commit})"
+
+
+def export_positions(count: int, params: Params) -> np.ndarray:
+    """Output position of each selected sample (given in key order): a seeded shuffle, so every shard
+    mixes many classes (streams well), or key order. Only these integers are ever held for all samples."""
+    if not params.export.shuffle:
+        return np.arange(count, dtype=np.int64)
+    order = np.random.default_rng([params.seed, 0x5EED]).permutation(count)
+    positions = np.empty(count, np.int64)
+    positions[order] = np.arange(count)
+    return positions
+
+
+def partition(sizes: list[int] | np.ndarray, max_count: int, max_bytes: int) -> list[slice]:
+    """Consecutive slices with at most max_count samples and (unless one sample is larger) max_bytes."""
+    slices, start, acc = [], 0, 0
+    for i, size in enumerate(np.asarray(sizes, np.int64).tolist()):
+        if i > start and (i - start >= max_count or acc + size > max_bytes):
+            slices.append(slice(start, i))
+            start, acc = i, 0
+        acc += size
+    if start < len(sizes):
+        slices.append(slice(start, len(sizes)))
+    return slices
+
+
+def export_workers(setting: int | str) -> int:
+    return len(os.sched_getaffinity(0)) if setting == "auto" else int(setting)
+
+
+class WorkerPool:
+    """One spawned process pool for both export passes (workers import their libraries once), or this
+    process when one worker is asked for; `map` returns results in task order with a progress bar."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> WorkerPool:
+        if self.workers > 1:
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def map(self, fn: Callable[[T], R], tasks: list[T], desc: str) -> list[R]:
+        bar = progress(len(tasks), desc, unit="shard")
+        results = []
+        with bar:
+            for result in self.pool.map(fn, tasks) if self.pool is not None and len(tasks) > 1 else map(fn, tasks):
+                results.append(result)
+                bar.update()
+        return results
+
+
+def run_export(params: Params, candidates_dir: Path, selection_path: Path, out_dir: Path) -> dict[str, Any]:
+    """Write the dataset into out_dir; returns its manifest. Memory: a candidate shard or an output shard
+    per worker, plus an integer or two per selected sample."""
+    cand_manifest = json.loads((candidates_dir / MANIFEST).read_text())
+    selection = read_curation(selection_path, ["key", "keep", "reason", "class"])
+    if selection.num_rows != int(cand_manifest["rows"]):
+        raise PipelineError(f"{selection_path} has {selection.num_rows:,} rows, the candidates "
+                            f"{cand_manifest['rows']:,}: re-run dvc repro")  # fmt: skip
+    _clear_previous(out_dir)
+    spill_dir = out_dir / SPILL
+    spill_dir.mkdir(parents=True)
+    try:
+        manifest = _export(params, cand_manifest, candidates_dir, selection, out_dir, spill_dir)
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
+    return manifest
+
+
+def _export(
+    params: Params, cand_manifest: dict, candidates_dir: Path, selection: pa.Table, out_dir: Path, spill_dir: Path
+) -> dict[str, Any]:
+    ex = params.export
+    keep = keep_mask(selection)
+    selected = np.flatnonzero(keep)
+    positions = export_positions(len(selected), params)
+    classes = selection.column("class").to_numpy()
+    keys = selection.column("key")
+    shard_paths = shard_files(candidates_dir)
+    schema_names = pq.read_schema(shard_paths[0]).names if shard_paths else []
+    meta_columns = tuple(c for c in schema_names if c not in IMAGE_COLUMNS)
+    attr_columns = sorted(c for c in meta_columns if c.startswith("attr_"))
+    text = description(cand_manifest["generator"]["label"] or cand_manifest["generator"]["model"])
+    tasks, offset = [], 0
+    for s, path in zip(cand_manifest["shards"], shard_paths, strict=True):
+        lo, hi = np.searchsorted(selected, [offset, offset + int(s["rows"])])
+        if hi > lo:
+            rows = selected[lo:hi]
+            tasks.append(EncodeTask(
+                shard=str(path), rows=rows - offset, keys=keys.take(pa.array(rows)).to_pylist(),
+                classes=classes[rows], positions=positions[lo:hi], spill=str(spill_dir / f"{s['shard']}.arrow"),
+                meta_spill=str(spill_dir / f"{s['shard']}.meta.arrow"), meta_columns=meta_columns,
+                json_columns=(*JSON_FIELDS, *QUALITY_COLUMNS, *attr_columns), image_format=ex.image_format,
+                image_quality=ex.image_quality, include_full=ex.include_full, text=text,
+            ))  # fmt: skip
+        offset += int(s["rows"])
+    workers = export_workers(ex.workers)
+    sizes = np.zeros(len(selected), np.int64)
+    with WorkerPool(workers) as pool:
+        start = time.perf_counter()
+        for pos, size in pool.map(encode_shard, tasks, "export: encode"):
+            sizes[pos] = size
+        log.info("export: %d samples from %d candidate shards encoded in %.1f s on %d processes", len(selected),
+                 len(tasks), time.perf_counter() - start, workers)  # fmt: skip
+        start = time.perf_counter()
+        slices = partition(sizes + 1024, ex.samples_per_shard, ex.max_shard_bytes)
+        names = [f"{SHARD_PREFIX}-{k:06d}" for k in range(len(slices))]
+        spills = tuple(t.spill for t in tasks)
+        write_tasks = [WriteTask(name, sl.start, sl.stop, spills, str(out_dir), tuple(ex.formats), ex.image_format)
+                       for name, sl in zip(names, slices, strict=True)]  # fmt: skip
+        starts = np.array([sl.start for sl in slices], np.int64)
+        with ThreadPoolExecutor(1) as thread:  # metadata.parquet in this process while the workers write shards
+            meta = thread.submit(_write_metadata, out_dir / "metadata.parquet", [t.meta_spill for t in tasks],
+                                 positions, starts, names)  # fmt: skip
+            files = [e for entries in pool.map(write_shard, write_tasks, "export: write") for e in entries]
+            stats = meta.result()
+        files.append({"path": "metadata.parquet", "samples": len(selected), **stats.pop("file")})
+        log.info("export: %d shards x %d formats and metadata.parquet written in %.1f s", len(slices),
+                 len(ex.formats), time.perf_counter() - start)  # fmt: skip
+
+    counts = {
+        "identities": stats["identities"],
+        "images_per_identity": params.dataset.images_per_identity,
+        "samples": len(selected),
+        "candidates": int(cand_manifest["rows"]),
+    }
+    card_info = {
+        "name": params.dataset.name,
+        "generator": cand_manifest["generator"],
+        "embedder_weights": cand_manifest["embedder_weights"],
+        "counts": counts,
+        "reasons": reason_counts(selection),
+        "attributes": stats["attributes"],
+        "quality": stats["quality"],
+        "similarity": stats["similarity"],
+        "formats": list(ex.formats),
+        "shards": len(slices),
+        "params": params.model_dump(mode="json"),
+        "code_version": code_version(),
+        "smoke": params.generator.model == "smoke",
+    }
+    with hashed_atomic(out_dir / "README.md") as fh:
+        fh.write(render_card(card_info).encode())
+    files.append({"path": "README.md", "samples": None, "sha256": fh.sha256, "bytes": fh.size})
+    manifest = {
+        "name": params.dataset.name,
+        "counts": {**counts, "shards": len(slices)},
+        "classes": counts["identities"],
+        "formats": list(ex.formats),
+        "files": files,
+        "generator": cand_manifest["generator"],
+        "embedder_weights": cand_manifest["embedder_weights"],
+        "candidates_fingerprint": cand_manifest["fingerprint"],
+        "params": params.model_dump(mode="json"),
+        "code_version": card_info["code_version"],
+    }
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def _write_metadata(
+    path: Path, meta_spills: list[str], positions: np.ndarray, starts: np.ndarray, names: list[str]
+) -> dict[str, Any]:
+    """metadata.parquet in key order (the spills in shard order), with each sample's output shard; the card's
+    statistics gathered on the way (attribute counts, quality percentiles, similarity of the first samples)."""
+    attributes: dict[str, Counter] = {}
+    quality: dict[str, list[np.ndarray]] = {c: [] for c in QUALITY_COLUMNS}
+    embeddings, identities, classes = [], [], 0
+    done = 0
+    writer = None
+    with hashed_atomic(path) as fh:
+        for spill in meta_spills:
+            table = read_spill(spill)
+            shard = np.searchsorted(starts, positions[done : done + table.num_rows], side="right") - 1
+            table = table.append_column("shard", pa.array(np.asarray(names, dtype=object)[shard], pa.string()))
+            done += table.num_rows
+            if writer is None:
+                writer = pq.ParquetWriter(fh, table.schema, compression="zstd")
+            writer.write_table(table)
+            for c in (n for n in table.column_names if n.startswith("attr_")):
+                if pa.types.is_string(table.schema.field(c).type):
+                    attributes.setdefault(c, Counter()).update(table.column(c).to_pylist())
+            for c in QUALITY_COLUMNS:
+                quality[c].append(table.column(c).to_numpy(zero_copy_only=False))
+            classes = max(classes, int(pc.max(table.column("class")).as_py()) + 1)
+            if sum(len(e) for e in embeddings) < SIMILARITY_SAMPLES:
+                embeddings.append(embedding_matrix(table.column("embedding")))
+                identities.append(table.column("identity").to_numpy())
+        if writer is not None:
+            writer.close()
+    summary_q = {c: tuple(np.percentile(np.concatenate(v), [5, 50, 95]).tolist()) for c, v in quality.items() if v}
+    similarity = {}
+    if embeddings:
+        n = SIMILARITY_SAMPLES
+        similarity = similarity_summary(np.concatenate(embeddings)[:n], np.concatenate(identities)[:n])
+    return {
+        "file": {"sha256": fh.sha256, "bytes": fh.size},
+        "identities": classes,
+        "attributes": {c: dict(n) for c, n in attributes.items()},
+        "quality": summary_q,
+        "similarity": similarity,
+    }
+
+
+def _clear_previous(out_dir: Path) -> None:
+    """Remove an earlier export's shards (and a killed run's spill) so no file from another plan survives."""
+    shutil.rmtree(out_dir / SPILL, ignore_errors=True)
+    for writer_name in WRITERS.names():
+        folder = out_dir / WRITERS.create(writer_name).folder
+        for path in folder.glob(f"{SHARD_PREFIX}-*") if folder.is_dir() else []:
+            path.unlink()
+
+
+def similarity_summary(embeddings: np.ndarray, identities: np.ndarray) -> dict[str, float]:
+    """Mean genuine and impostor cosine over the given embeddings (the first selected samples by key)."""
+    if len(identities) < 2:
+        return {}
+    emb = normalise(np.asarray(embeddings, np.float32))
+    sim = emb @ emb.T
+    same = identities[:, None] == identities[None, :]
+    off = ~np.eye(len(identities), dtype=bool)
+    genuine, impostor = sim[same & off], sim[~same]
+    return {
+        "genuine_mean": float(genuine.mean()) if genuine.size else float("nan"),
+        "impostor_mean": float(impostor.mean()) if impostor.size else float("nan"),
+    }
