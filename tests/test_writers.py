@@ -80,3 +80,32 @@ def test_unsafe_keys_never_reach_a_tar(tmp_path: Path, key: str) -> None:
     with pytest.raises(ValueError, match="unsafe sample key"):
         WRITERS.create("webdataset").write(tmp_path / "a.tar", data, "jpg")
     assert not (tmp_path / "a.tar").exists()
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_writers_report_the_sha256_and_size_of_what_they_wrote(tmp_path: Path, fmt: str) -> None:
+    import hashlib
+
+    writer = WRITERS.create(fmt)
+    path = tmp_path / f"a{writer.suffix}"
+    written = writer.write(path, samples(full=True), "jpg")
+    assert written == {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+
+
+def test_tar_members_have_no_pax_header(tmp_path: Path) -> None:
+    """Each member is one 512-byte header plus its padded data: no PAX extension record per member."""
+    data = samples()
+    WRITERS.create("webdataset").write(tmp_path / "a.tar", data, "jpg")
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        members = tar.getmembers()
+    assert all(not m.pax_headers for m in members)
+    payload = sum(512 + -(-m.size // 512) * 512 for m in members)
+    assert (tmp_path / "a.tar").stat().st_size == -(-(payload + 1024) // 10240) * 10240  # end blocks, record size
+
+
+def test_dvc_links_cached_files_instead_of_copying() -> None:
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).resolve().parents[1] / ".dvc" / "config")
+    assert config.get("cache", "type").split(",")[:2] == ["reflink", "hardlink"]
