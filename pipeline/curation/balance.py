@@ -283,8 +283,10 @@ def _solve(
 
 def _profile_hits(pool: Pool, cell: Cell, profile: tuple[int, ...] | None, b: Bin) -> int:
     """What one identity of `cell` picked by `profile` adds to bin b's count."""
-    if b.level == "identity" or profile is None:
-        return _bin_hits(pool, cell, b) if b.level == "identity" else 0
+    if b.level == "identity":
+        return _bin_hits(pool, cell, b)
+    if profile is None:
+        return 0
     pos = pool.sample_attrs.index(b.attribute)
     return sum(n for (joint, _), n in zip(cell[1], profile, strict=True) if joint.split(SEP)[pos] == b.cls)
 

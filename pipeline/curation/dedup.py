@@ -36,12 +36,9 @@ DEDUP_COLUMNS = ["key", "identity", "variant", "embedding", "det_prob"]
 CODES = ("", "drift", "near_copy", "duplicate_identity", "matches_reference")
 
 
-def _index(d: int, n: int, exact_max: int, nlist: int | None, nprobe: int, train: np.ndarray):
+def _ivf_index(d: int, nlist: int, nprobe: int, train: np.ndarray):
     import faiss
 
-    if n <= exact_max:
-        return faiss.IndexFlatIP(d)
-    nlist = nlist or max(1, int(4 * np.sqrt(n)))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.max_points_per_centroid = 64
     index.train(np.ascontiguousarray(train, dtype=np.float32))
@@ -62,10 +59,15 @@ def similar_pairs(
     n = len(vectors)
     if n < 2:
         return np.zeros((0, 2), np.int64)
+    import faiss
+
     d = vectors.shape[1]
-    nlist = nlist or max(1, int(4 * np.sqrt(n)))
-    train_rows = np.sort(np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False))
-    index = _index(d, n, exact_max, nlist, nprobe, vectors[train_rows] if n > exact_max else vectors[:0])
+    if n <= exact_max:
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = nlist or max(1, int(4 * np.sqrt(n)))
+        train_rows = np.sort(np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False))
+        index = _ivf_index(d, nlist, nprobe, vectors[train_rows])
     for lo in range(0, n, CHUNK):
         index.add(np.ascontiguousarray(vectors[lo : lo + CHUNK], dtype=np.float32))
     found = []
@@ -232,9 +234,11 @@ class Dedup:
         self.decided = (ids, ~keep, real)
         return self.decided
 
-    def row_codes(self, shard: int, identity: np.ndarray, decided: tuple[np.ndarray, np.ndarray, np.ndarray]):
-        """Final reason code of each row of shard `shard` (0 = kept by dedup; filter rejections stay 0)."""
-        ids, duplicate, real = decided
+    def row_codes(self, shard: int, identity: np.ndarray) -> np.ndarray:
+        """Final reason code of each row of shard `shard` (0 = kept by dedup; filter rejections stay 0),
+        after `finish`."""
+        assert self.decided is not None, "row_codes needs finish() first"
+        ids, duplicate, real = self.decided
         codes = self.codes[shard].copy()
         if not len(ids):
             return codes
@@ -268,13 +272,13 @@ def run_dedup(
             keep_mask(rows), shard.column("identity").to_numpy(), shard.column("variant").to_numpy(),
             embedding_matrix(shard.column("embedding")), shard.column("det_prob").to_numpy(zero_copy_only=False),
         )  # fmt: skip
-    decided = state.finish()
+    state.finish()
     offset = 0
     with CurationWriter(out) as writer:
         for i, codes in enumerate(state.codes):
             rows = curation.slice(offset, len(codes))
             offset += len(codes)
-            writer.write(_decided_rows(rows, state.row_codes(i, rows.column("identity").to_numpy(), decided)))
+            writer.write(_decided_rows(rows, state.row_codes(i, rows.column("identity").to_numpy())))
     return writer, state
 
 
@@ -288,8 +292,8 @@ def dedup_frame(curation: pd.DataFrame, candidates: pd.DataFrame, params: DedupP
     emb = np.stack(df["embedding"].to_numpy()) if len(df) else np.zeros((0, 512), np.float32)
     state.add_shard(df["keep"].to_numpy(bool), df["identity"].to_numpy(), df["variant"].to_numpy(), emb,
                     df["det_prob"].to_numpy(np.float64))  # fmt: skip
-    decided = state.finish()
-    codes = state.row_codes(0, df["identity"].to_numpy(), decided)
+    state.finish()
+    codes = state.row_codes(0, df["identity"].to_numpy())
     table = _decided_rows(pa.Table.from_pandas(df[["key", "identity", "variant", "keep", "reason"]],
                                                preserve_index=False), codes)  # fmt: skip
     return table.to_pandas()

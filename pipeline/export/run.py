@@ -152,7 +152,7 @@ def _export(
         if hi > lo:
             rows = selected[lo:hi]
             tasks.append(EncodeTask(
-                shard=str(path), rows=rows - offset, keys=keys.take(pa.array(rows)).to_pylist(),
+                shard=str(path), rows=rows - offset, keys=keys.take(pa.array(rows)).combine_chunks(),
                 classes=classes[rows], positions=positions[lo:hi], spill=str(spill_dir / f"{s['shard']}.arrow"),
                 meta_spill=str(spill_dir / f"{s['shard']}.meta.arrow"), meta_columns=meta_columns,
                 json_columns=(*JSON_FIELDS, *QUALITY_COLUMNS, *attr_columns), image_format=ex.image_format,

@@ -42,11 +42,12 @@ SPILL_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class EncodeTask:
-    """Rows `rows` of candidate shard `shard` (their keys, classes and output positions) -> `spill`, `meta_spill`."""
+    """Rows `rows` of candidate shard `shard` (their keys, as Arrow: no Python string per sample, classes and
+    output positions) -> `spill`, `meta_spill`."""
 
     shard: str
     rows: np.ndarray
-    keys: list[str]
+    keys: pa.Array
     classes: np.ndarray
     positions: np.ndarray
     spill: str
@@ -83,7 +84,7 @@ def encode_shard(task: EncodeTask) -> tuple[np.ndarray, np.ndarray]:
     images = ["aligned", "image"] if task.include_full else ["aligned"]
     table = pq.read_table(task.shard, columns=[*task.meta_columns, *images], use_threads=False)
     table = table.take(pa.array(task.rows))
-    if table.column("key").to_pylist() != task.keys:
+    if not table.column("key").combine_chunks().equals(task.keys):
         raise PipelineError(f"{task.shard}: the selection lists other candidates than it holds: re-run dvc repro")
     meta = table.select(list(task.meta_columns))
     meta = meta.add_column(1, pa.field("class", pa.int64()), pa.array(task.classes, pa.int64()))
