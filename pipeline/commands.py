@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.report.contact_sheet import contact_sheet, dataset_rows, sheet_bytes
-from pipeline.shards.io import sha256_file, write_bytes_atomic
+from pipeline.shards.io import read_listing, sha256_file, write_bytes_atomic
 
 
 def _manifest(folder: Path) -> dict:
@@ -62,26 +62,44 @@ def inspect(folder: Path) -> int:
 
 
 def verify(folder: Path) -> int:
+    """Every manifest file by size and sha256, every image a listing (imagefolder) names by its sha256,
+    and no file that neither lists."""
     m = _manifest(folder)
-    problems = []
-    listed = set()
+    problems, listed, covered = [], set(), 0
     for f in m["files"]:
         path = folder / f["path"]
         listed.add(f["path"])
-        if not path.is_file():
-            problems.append(f"missing   {f['path']}")
-        elif path.stat().st_size != f["bytes"]:
-            problems.append(f"size      {f['path']}: {path.stat().st_size} bytes, manifest says {f['bytes']}")
-        elif sha256_file(path) != f["sha256"]:
-            problems.append(f"sha256    {f['path']}: content differs from the manifest")
+        problem = _check(path, f["path"], f["sha256"], f["bytes"])
+        if problem:
+            problems.append(problem)
+        elif f.get("listing"):
+            base = Path(f["path"]).parent
+            for digest, relative in read_listing(path):
+                name = (base / relative).as_posix()
+                listed.add(name)
+                covered += 1
+                if problem := _check(folder / name, name, digest):
+                    problems.append(problem)
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"):
         if path.relative_to(folder).as_posix() not in listed and path.name != "contact_sheet.jpg":
             problems.append(f"unlisted  {path.relative_to(folder).as_posix()}")
     for line in problems:
         print(line)
-    print(f"{len(m['files']) - sum(not p.startswith('unlisted') for p in problems)} of {len(m['files'])} files OK"
+    checked = len(m["files"]) + covered
+    bad = sum(not p.startswith("unlisted") for p in problems)
+    print(f"{checked - bad} of {checked} files OK" + (f" ({covered} through listings)" if covered else "")
           + (f"; {len(problems)} problem(s)" if problems else ""))  # fmt: skip
     return 1 if problems else 0
+
+
+def _check(path: Path, name: str, sha256: str, size: int | None = None) -> str | None:
+    if not path.is_file():
+        return f"missing   {name}"
+    if size is not None and path.stat().st_size != size:
+        return f"size      {name}: {path.stat().st_size} bytes, manifest says {size}"
+    if sha256_file(path) != sha256:
+        return f"sha256    {name}: content differs from the manifest"
+    return None
 
 
 def preview(folder: Path, rows: int, out: Path | None) -> int:

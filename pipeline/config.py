@@ -170,7 +170,9 @@ class DatasetParams(Section):
 
 
 class ExportParams(Section):
-    formats: Annotated[list[Literal["webdataset", "parquet"]], Field(min_length=1)] = ["webdataset", "parquet"]
+    formats: Annotated[
+        list[Literal["webdataset", "parquet", "recordio", "imagefolder", "lmdb"]], Field(min_length=1)
+    ] = ["webdataset", "parquet"]
     samples_per_shard: PositiveInt = 10_000
     max_shard_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
     image_format: Literal["jpg", "png", "webp"] = "jpg"

@@ -60,7 +60,7 @@ EXPORTED: dict[str, Any] = {
     "dedup": {"max_identity_similarity": 0.9999, "min_sample_consistency": -1.0, "max_sample_similarity": 1.0},
     "filter": {"min_det_prob": 0.5, "min_face_fraction": 0.0},
     "dataset": {"identities": 3, "images_per_identity": 2},
-    "export": {"samples_per_shard": 4},
+    "export": {"samples_per_shard": 4, "formats": ["webdataset", "parquet", "recordio", "imagefolder", "lmdb"]},
 }
 
 

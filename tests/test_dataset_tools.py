@@ -74,10 +74,38 @@ def test_missing_dataset_is_one_line(tmp_path: Path) -> None:
 
 
 def test_manifest_lists_every_file_with_sha256(exported_dataset: Path) -> None:
+    """Every file is in the manifest with its sha256, or named with its sha256 by a listing that is."""
+    import hashlib
+
+    from pipeline.shards.io import read_listing
+
     manifest = json.loads((exported_dataset / "manifest.json").read_text())
-    listed = {f["path"] for f in manifest["files"]}
+    digests = {f["path"]: f["sha256"] for f in manifest["files"]}
+    for f in [f for f in manifest["files"] if f.get("listing")]:
+        base = Path(f["path"]).parent
+        digests |= {(base / rel).as_posix(): d for d, rel in read_listing(exported_dataset / f["path"])}
     on_disk = {p.relative_to(exported_dataset).as_posix() for p in exported_dataset.rglob("*") if p.is_file()}
-    assert on_disk - listed == {"manifest.json"}
+    assert on_disk - set(digests) == {"manifest.json"} and set(digests) <= on_disk
+    assert all(hashlib.sha256((exported_dataset / p).read_bytes()).hexdigest() == d for p, d in digests.items())
+    formats = {p.split("/")[0] for p in digests if "/" in p}
+    assert formats == {"webdataset", "parquet", "recordio", "imagefolder", "lmdb"}
+
+
+@pytest.mark.parametrize(
+    "victim", ["recordio/train.rec", "recordio/train.idx", "lmdb/train.lmdb", "imagefolder/1/000000001_000.jpg",
+               "webdataset/train.wids.json"],
+)  # fmt: skip
+def test_verify_checks_every_format(exported_dataset: Path, tmp_path: Path, capsys, victim: str) -> None:
+    copy = tmp_path / "ds"
+    shutil.copytree(exported_dataset, copy)
+    data = bytearray((copy / victim).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / victim).write_bytes(bytes(data))
+    assert main(["verify", str(copy)]) == 1
+    assert f"sha256    {victim}: content differs" in capsys.readouterr().out
+    (copy / victim).unlink()
+    assert main(["verify", str(copy)]) == 1
+    assert f"missing   {victim}" in capsys.readouterr().out
 
 
 def test_every_exported_image_carries_the_synthetic_notice(exported_dataset: Path) -> None:

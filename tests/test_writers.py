@@ -14,8 +14,11 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.export.run import partition
+from pipeline.shards.layout import Layout
 from pipeline.shards.notice import TRAINED_ALGORITHMIC_MEDIA, encode_with_notice, read_notice
 from pipeline.shards.writers import WRITERS
+
+LAYOUT = Layout(classes=3, samples=5, image_ext="jpg")
 
 
 def samples(n: int = 5, full: bool = False) -> list[dict]:
@@ -38,8 +41,8 @@ def test_notice_reads_back(fmt: str) -> None:
 def test_webdataset_round_trip_is_deterministic(tmp_path: Path) -> None:
     writer = WRITERS.create("webdataset")
     data = samples(full=True)
-    writer.write(tmp_path / "a.tar", data, "jpg")
-    writer.write(tmp_path / "b.tar", data, "jpg")
+    writer.write(tmp_path / "a.tar", data, LAYOUT)
+    writer.write(tmp_path / "b.tar", data, LAYOUT)
     assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
     got = list(wds.WebDataset(str(tmp_path / "a.tar"), shardshuffle=False))
     assert [s["__key__"] for s in got] == [s["key"] for s in data]
@@ -54,7 +57,7 @@ def test_webdataset_round_trip_is_deterministic(tmp_path: Path) -> None:
 
 def test_parquet_round_trip_with_hf_features(tmp_path: Path) -> None:
     data = samples()
-    WRITERS.create("parquet").write(tmp_path / "a.parquet", data, "jpg")
+    WRITERS.create("parquet").write(tmp_path / "a.parquet", data, LAYOUT)
     table = pq.read_table(tmp_path / "a.parquet")
     assert table.column("key").to_pylist() == [s["key"] for s in data]
     assert table.column("class").to_pylist() == [s["class"] for s in data]
@@ -78,7 +81,7 @@ def test_unsafe_keys_never_reach_a_tar(tmp_path: Path, key: str) -> None:
     data = samples(1)
     data[0]["key"] = key
     with pytest.raises(ValueError, match="unsafe sample key"):
-        WRITERS.create("webdataset").write(tmp_path / "a.tar", data, "jpg")
+        WRITERS.create("webdataset").write(tmp_path / "a.tar", data, LAYOUT)
     assert not (tmp_path / "a.tar").exists()
 
 
@@ -88,14 +91,14 @@ def test_writers_report_the_sha256_and_size_of_what_they_wrote(tmp_path: Path, f
 
     writer = WRITERS.create(fmt)
     path = tmp_path / f"a{writer.suffix}"
-    written = writer.write(path, samples(full=True), "jpg")
+    written = writer.write(path, samples(full=True), LAYOUT)
     assert written == {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
 
 
 def test_tar_members_have_no_pax_header(tmp_path: Path) -> None:
     """Each member is one 512-byte header plus its padded data: no PAX extension record per member."""
     data = samples()
-    WRITERS.create("webdataset").write(tmp_path / "a.tar", data, "jpg")
+    WRITERS.create("webdataset").write(tmp_path / "a.tar", data, LAYOUT)
     with tarfile.open(tmp_path / "a.tar") as tar:
         members = tar.getmembers()
     assert all(not m.pax_headers for m in members)

@@ -12,7 +12,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,14 +26,23 @@ from pipeline.config import Params
 from pipeline.curation.consistency import normalise
 from pipeline.curation.table import keep_mask, read_curation, reason_counts
 from pipeline.errors import PipelineError
-from pipeline.export.workers import EncodeTask, WriteTask, encode_shard, read_spill, write_shard
+from pipeline.export.workers import (
+    DatasetTask,
+    EncodeTask,
+    WriteTask,
+    encode_shard,
+    read_spill,
+    write_dataset,
+    write_shard,
+)
 from pipeline.faces.columns import QUALITY_COLUMNS
 from pipeline.report.card import render_card
 from pipeline.runtime.progress import progress
 from pipeline.shards.candidates import IMAGE_COLUMNS, MANIFEST, embedding_matrix, shard_files
 from pipeline.shards.io import hashed_atomic, write_json_atomic
+from pipeline.shards.layout import Layout
 from pipeline.shards.notice import description
-from pipeline.shards.writers import WRITERS
+from pipeline.shards.writers import CLASS_LABEL_MAX, WRITERS
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +113,14 @@ class WorkerPool:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
 
+    def submit(self, fn: Callable[[T], R], task: T) -> Future[R]:
+        """Run one task on the pool (or here, now, without one)."""
+        if self.pool is not None:
+            return self.pool.submit(fn, task)
+        done: Future[R] = Future()
+        done.set_result(fn(task))
+        return done
+
     def map(self, fn: Callable[[T], R], tasks: list[T], desc: str) -> list[R]:
         bar = progress(len(tasks), desc, unit="shard")
         results = []
@@ -171,17 +188,32 @@ def _export(
         slices = partition(sizes + 1024, ex.samples_per_shard, ex.max_shard_bytes)
         names = [f"{SHARD_PREFIX}-{k:06d}" for k in range(len(slices))]
         spills = tuple(t.spill for t in tasks)
-        write_tasks = [WriteTask(name, sl.start, sl.stop, spills, str(out_dir), tuple(ex.formats), ex.image_format)
-                       for name, sl in zip(names, slices, strict=True)]  # fmt: skip
+        layout = Layout(classes=int(classes[selected].max()) + 1 if len(selected) else 0, samples=len(selected),
+                        image_ext=ex.image_format, name=params.dataset.name)  # fmt: skip
+        writers = {fmt: WRITERS.create(fmt) for fmt in ex.formats}
+        shard_formats = tuple(f for f, w in writers.items() if w.scope == "shard")
+        # Whole-dataset formats first: each is one long task, and runs beside the shard writes.
+        whole = [pool.submit(write_dataset, DatasetTask(f, spills, str(out_dir), layout, int(sizes.sum())))
+                 for f, w in writers.items() if w.scope == "dataset"]  # fmt: skip
+        write_tasks = [WriteTask(name, sl.start, sl.stop, spills, str(out_dir), shard_formats, layout)
+                       for name, sl in zip(names, slices, strict=True)] if shard_formats else []  # fmt: skip
         starts = np.array([sl.start for sl in slices], np.int64)
         with ThreadPoolExecutor(1) as thread:  # metadata.parquet in this process while the workers write shards
             meta = thread.submit(_write_metadata, out_dir / "metadata.parquet", [t.meta_spill for t in tasks],
                                  positions, starts, names)  # fmt: skip
             files = [e for entries in pool.map(write_shard, write_tasks, "export: write") for e in entries]
+            for fmt in shard_formats:
+                files += writers[fmt].finish(out_dir, [e for e in files if e["path"].startswith(f"{fmt}/")], layout)
+            for fmt, future in zip([f for f in writers if f not in shard_formats], whole, strict=True):
+                files += future.result()
+                log.info("export: %s written", fmt)
             stats = meta.result()
         files.append({"path": "metadata.parquet", "samples": len(selected), **stats.pop("file")})
-        log.info("export: %d shards x %d formats and metadata.parquet written in %.1f s", len(slices),
-                 len(ex.formats), time.perf_counter() - start)  # fmt: skip
+        log.info("export: %d shards x %d shard formats, %d whole-dataset formats and metadata.parquet written "
+                 "in %.1f s", len(slices), len(shard_formats), len(whole), time.perf_counter() - start)  # fmt: skip
+        if "parquet" in ex.formats and layout.classes > CLASS_LABEL_MAX:
+            log.info("export: %d classes > %d: the Parquet `class` column is a plain int64, not a ClassLabel",
+                     layout.classes, CLASS_LABEL_MAX)  # fmt: skip
 
     counts = {
         "identities": stats["identities"],
@@ -268,12 +300,11 @@ def _write_metadata(
 
 
 def _clear_previous(out_dir: Path) -> None:
-    """Remove an earlier export's shards (and a killed run's spill) so no file from another plan survives."""
+    """Remove an earlier export's format folders (and a killed run's spill) so no file from another plan
+    survives: each registered format owns its folder."""
     shutil.rmtree(out_dir / SPILL, ignore_errors=True)
     for writer_name in WRITERS.names():
-        folder = out_dir / WRITERS.create(writer_name).folder
-        for path in folder.glob(f"{SHARD_PREFIX}-*") if folder.is_dir() else []:
-            path.unlink()
+        shutil.rmtree(out_dir / WRITERS.create(writer_name).folder, ignore_errors=True)
 
 
 def similarity_summary(embeddings: np.ndarray, identities: np.ndarray) -> dict[str, float]:

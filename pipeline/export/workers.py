@@ -1,10 +1,11 @@
-"""Export's two tasks, run on a process pool (this module imports no torch and no pandas, so a spawned
+"""Export's tasks, run on a process pool (this module imports no torch and no pandas, so a spawned
 worker starts in well under a second):
 
 - `encode_shard`: one candidate shard's selected samples, re-encoded with the synthetic-media notice,
   into a spill file sorted by output position, plus their metadata rows in key order;
 - `write_shard`: one output shard, gathered from the spills by position range and written in every
-  format, each file hashed as it is written.
+  shard format, each file hashed as it is written;
+- `write_dataset`: one dataset format (recordio, lmdb), fed every sample from the spills in key order.
 
 Every byte depends on the samples and their positions only, never on which worker ran what.
 """
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.errors import PipelineError
+from pipeline.shards.layout import Layout, entry
 from pipeline.shards.notice import encode_image_with_notice
 from pipeline.shards.writers import WRITERS
 
@@ -120,7 +122,7 @@ def encode_shard(task: EncodeTask) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class WriteTask:
-    """Output shard `name`: the samples at positions [start, stop), in every format."""
+    """Output shard `name`: the samples at positions [start, stop), in every shard format."""
 
     name: str
     start: int
@@ -128,7 +130,18 @@ class WriteTask:
     spills: tuple[str, ...]
     out_dir: str
     formats: tuple[str, ...]
-    image_format: str
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class DatasetTask:
+    """Dataset format `format`: every sample of the spills, in key (= class) order."""
+
+    format: str
+    spills: tuple[str, ...]
+    out_dir: str
+    layout: Layout
+    image_bytes: int
 
 
 def read_spill(path: str) -> pa.Table:
@@ -136,19 +149,11 @@ def read_spill(path: str) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(path)).read_all()
 
 
-def write_shard(task: WriteTask) -> list[dict[str, Any]]:
-    """Gather the shard's samples from every spill, in position order, and write each format."""
-    parts = []
-    for spill in task.spills:
-        table = read_spill(spill)
-        pos = table.column("position").to_numpy()
-        lo, hi = np.searchsorted(pos, [task.start, task.stop])
-        if hi > lo:
-            parts.append(table.slice(lo, hi - lo))
-    rows = pa.concat_tables(parts).sort_by("position")
-    full = rows.column("full").to_pylist()
-    columns = [rows.column(c).to_pylist() for c in ("key", "class", "identity", "variant", "image")]
-    samples = [
+def samples_of(rows: pa.Table, with_meta: bool = True) -> list[dict[str, Any]]:
+    """The writers' sample dicts for spill rows, in row order (metadata parsed only when asked)."""
+    columns = [rows.column(c).to_pylist() for c in ("key", "class", "identity", "variant", "image", "full")]
+    metas = rows.column("meta").to_pylist() if with_meta else [None] * rows.num_rows
+    return [
         {
             "key": k,
             "class": c,
@@ -156,15 +161,33 @@ def write_shard(task: WriteTask) -> list[dict[str, Any]]:
             "variant": v,
             "image": img,
             "full": f,
-            "meta": json.loads(m),
+            "meta": json.loads(m) if m is not None else None,
             "meta_json": m,
         }
-        for k, c, i, v, img, f, m in zip(*columns, full, rows.column("meta").to_pylist(), strict=True)
+        for k, c, i, v, img, f, m in zip(*columns, metas, strict=True)
     ]
+
+
+def write_shard(task: WriteTask) -> list[dict[str, Any]]:
+    """Gather the shard's samples from every spill, in position order, and write each shard format."""
+    parts = []
+    for spill in task.spills:
+        table = read_spill(spill)
+        pos = table.column("position").to_numpy()
+        lo, hi = np.searchsorted(pos, [task.start, task.stop])
+        if hi > lo:
+            parts.append(table.slice(lo, hi - lo))
+    samples = samples_of(pa.concat_tables(parts).sort_by("position"))
     entries = []
     for fmt in task.formats:
         writer = WRITERS.create(fmt)
         relative = f"{writer.folder}/{task.name}{writer.suffix}"
-        written = writer.write(Path(task.out_dir) / relative, samples, task.image_format)
-        entries.append({"path": relative, "samples": len(samples), **written})
+        written = writer.write(Path(task.out_dir) / relative, samples, task.layout)
+        entries.append(entry(relative, len(samples), written))
     return entries
+
+
+def write_dataset(task: DatasetTask) -> list[dict[str, Any]]:
+    """Feed one dataset format every sample once, spill by spill (candidate shard order) and by key within."""
+    batches = (samples_of(read_spill(spill).sort_by("key"), with_meta=False) for spill in task.spills)
+    return WRITERS.create(task.format).write_all(Path(task.out_dir), batches, task.layout, task.image_bytes)

@@ -31,14 +31,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes) -> dict[str, Any]:
+    """Returns the file's manifest fields: sha256 and bytes."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
+def write_json_atomic(path: str | Path, obj: Any) -> dict[str, Any]:
     """Stable JSON (sorted keys, fixed indent) so identical content gives identical bytes."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def sha256_file(path: str | Path) -> str:
@@ -52,6 +54,23 @@ def sha256_stream(fh: BinaryIO, chunk: int = 1 << 20) -> str:
     while block := fh.read(chunk):
         digest.update(block)
     return digest.hexdigest()
+
+
+def listing_bytes(files: list[tuple[str, str]]) -> bytes:
+    """A sha256sum listing (`<sha256>  <relative path>` per line, sorted by path) of (path, sha256) pairs."""
+    return "".join(f"{digest}  {relative}\n" for relative, digest in sorted(files)).encode()
+
+
+def read_listing(path: Path) -> list[tuple[str, str]]:
+    """(sha256, path relative to the listing's folder) per line of a sha256sum listing; refuses paths that
+    leave the folder."""
+    rows = []
+    for line in path.read_text().splitlines():
+        digest, _, relative = line.partition("  ")
+        if len(digest) != 64 or not relative or relative.startswith("/") or ".." in relative.split("/"):
+            raise ValueError(f"{path}: not a sha256sum listing line: {line!r}")
+        rows.append((digest, relative))
+    return rows
 
 
 class HashingFile:
