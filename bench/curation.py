@@ -12,6 +12,7 @@ RSS is its own.
 
     uv run python bench/curation.py                                   # 1,000,000 candidates
     uv run python bench/curation.py --candidates 5000000 --image-size 32 --dataset-identities 250000
+    uv run python bench/curation.py --workdir W --also-formats webdataset,parquet,recordio,imagefolder,lmdb
 """
 
 from __future__ import annotations
@@ -153,9 +154,13 @@ def params_file(path: Path, args: argparse.Namespace, identities: int) -> None:
         "dedup": {"max_identity_similarity": 0.6, "min_sample_consistency": 0.3, "max_sample_similarity": 0.98},
         "dataset": {"identities": args.dataset_identities, "images_per_identity": args.images_per_identity},
         "balance": {"targets": {"smoke_hair": {"light": 0.5}, "yaw_bin": {"frontal": 0.4}}, "tolerance": 0.01},
-        "export": {"workers": args.workers, "samples_per_shard": 10_000},
+        "export": {"workers": args.workers, "samples_per_shard": 10_000, "formats": args.formats.split(",")},
     }  # fmt: skip
     path.write_text(yaml.safe_dump(params))
+    if args.also_formats:
+        params["export"]["formats"] = args.also_formats.split(",")
+        path.with_name("params-formats.yaml").write_text(yaml.safe_dump(params))
+    del params["export"]["formats"]
     del params["export"]["workers"]  # a reference checkout may predate export.workers
     path.with_name("params-reference.yaml").write_text(yaml.safe_dump(params))
 
@@ -176,9 +181,12 @@ def run_stage(
     name: str, work: Path, code: Path = ROOT, out: str | None = None, params: str = "params.yaml"
 ) -> tuple[float, float]:
     """Wall seconds and peak RSS (GiB) of one stage process (the largest of it and the workers it spawns),
-    running the code of checkout `code`."""
+    running the code of checkout `code`. Export's output folder is removed first, as dvc does, so it is
+    not timed deleting an earlier run's files."""
     env = {**os.environ, "PYTHONPATH": str(code), "SYNTHFACES_NO_PROGRESS": "1"}
     args = STAGES[name] if out is None else [*STAGES[name][:-1], out]
+    if name == "export":
+        shutil.rmtree(work / args[-1], ignore_errors=True)
     cmd = [sys.executable, "-m", f"stages.{name}", "--params", params, *args]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=work, env=env, stderr=subprocess.PIPE, text=True)
@@ -204,6 +212,12 @@ def main() -> None:
     p.add_argument("--full-size", type=int, default=128, help="full frame size (px)")
     p.add_argument("--image-pool", type=int, default=512, help="distinct images re-used across candidates")
     p.add_argument("--workers", default="auto", help="export.workers")
+    p.add_argument("--formats", default="webdataset,parquet", help="export.formats of the export stage")
+    p.add_argument(
+        "--also-formats",
+        default=None,
+        help="after the stages, export again with these formats (e.g. all five) and print the ratio",
+    )
     p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument(
         "--reference-export",
@@ -238,6 +252,11 @@ def main() -> None:
             wall, rss = run_stage(name, work)
             times[name] = wall
             print(f"{name:8s} {wall:8.1f} {rss:13.2f}", flush=True)
+        if args.also_formats:
+            wall, rss = run_stage("export", work, ROOT, "dataset-formats", "params-formats.yaml")
+            print(f"{'export (' + args.also_formats + ')'} {wall:8.1f} {rss:13.2f}", flush=True)
+            if "export" in times:
+                print(f"export: {args.also_formats} / {args.formats} = {wall / times['export']:.2f}x")
         if args.reference_export:
             wall, rss = run_stage(
                 "export", work, args.reference_export.resolve(), "dataset-reference", "params-reference.yaml"

@@ -134,6 +134,8 @@ def test_wids_index_reads_back(exported_dataset: Path, truth, tmp_path: Path) ->
     assert set(got) == set(keys)
     for key, cls in zip(keys, classes, strict=True):
         assert int(got[key][".cls"].read()) == cls and got[key][".jpg"].read() == images[key]
+    info = (exported_dataset / "webdataset" / "dataset_info.txt").read_text().splitlines()
+    assert int(info[0].split(" ")[0].split(":")[1]) == max(classes) + 1  # as Vec2Face's WebDataLoader parses it
 
 
 def test_parquet_class_is_a_classlabel_named_like_the_folders(exported_dataset: Path, truth) -> None:
@@ -186,6 +188,26 @@ def test_recordio_writer_escapes_the_magic_inside_images(recordio, tmp_path: Pat
     rec = recordio.MXIndexedRecordIO(str(tmp_path / "recordio/train.idx"), str(tmp_path / "recordio/train.rec"), "r")
     got = [recordio.unpack(rec.read_idx(i)) for i in (1, 2, 3)]
     assert [(label_of(h), data) for h, data in got] == [(0, images[0]), (0, images[1]), (1, images[2])]
+
+
+def test_recordio_refuses_more_records_than_float32_labels_count(tmp_path: Path) -> None:
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="exceed 2\\^24"):
+        RecordIOWriter().write_all(tmp_path, [], Layout(classes=10, samples=1 << 24, image_ext="jpg"), 0)
+    assert not (tmp_path / "recordio").exists()
+
+
+def test_card_names_every_format_and_its_reader(exported_dataset: Path) -> None:
+    card = (exported_dataset / "README.md").read_text()
+    for folder, reader in [
+        ("webdataset", "wids.ShardListDataset"),
+        ("parquet", "datasets.load_dataset"),
+        ("recordio", "arcface_torch"),
+        ("imagefolder", "ImageFolder"),
+        ("lmdb", "Vec2Face"),
+    ]:
+        assert f"| `{folder}/` |" in card and reader in card, folder
 
 
 def arcface_losses(batches: list[tuple[torch.Tensor, torch.Tensor]], classes: int, steps: int = 40) -> list[float]:

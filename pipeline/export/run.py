@@ -203,7 +203,8 @@ def _export(
                                  positions, starts, names)  # fmt: skip
             files = [e for entries in pool.map(write_shard, write_tasks, "export: write") for e in entries]
             for fmt in shard_formats:
-                files += writers[fmt].finish(out_dir, [e for e in files if e["path"].startswith(f"{fmt}/")], layout)
+                folder = writers[fmt].folder
+                files += writers[fmt].finish(out_dir, [e for e in files if e["path"].startswith(f"{folder}/")], layout)
             for fmt, future in zip([f for f in writers if f not in shard_formats], whole, strict=True):
                 files += future.result()
                 log.info("export: %s written", fmt)
@@ -231,6 +232,7 @@ def _export(
         "quality": stats["quality"],
         "similarity": stats["similarity"],
         "formats": list(ex.formats),
+        "format_notes": [{"folder": w.folder, "files": w.files, "reader": w.reader} for w in writers.values()],
         "shards": len(slices),
         "params": params.model_dump(mode="json"),
         "code_version": code_version(),

@@ -28,7 +28,7 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
 def render_card(info: dict[str, Any]) -> str:
     """`info`: name, generator (model, label, license, license_id, sha256), embedder_weights, counts,
     reasons, attributes {column: {value: count}}, quality {column: (p5, p50, p95)}, similarity,
-    formats, shards, params, code_version, smoke."""
+    formats, format_notes [{folder, files, reader}], shards, params, code_version, smoke."""
     gen = info["generator"]
     counts = info["counts"]
     front = {
@@ -58,14 +58,18 @@ def render_card(info: dict[str, Any]) -> str:
                 ("images per identity", counts["images_per_identity"]),
                 ("samples", counts["samples"]),
                 ("candidates generated", counts["candidates"]),
-                ("shards", f"{info['shards']} per format ({', '.join(info['formats'])})"),
+                ("output shards", info["shards"]),
+                ("formats", ", ".join(info["formats"])),
             ],
             ("what", "count"),
         )
-        + "\n\nLayout: `webdataset/train-NNNNNN.tar` (KEY.jpg aligned 112 px crop, KEY.cls class id, "
-        "KEY.json metadata), `parquet/train-NNNNNN.parquet` (same samples, `datasets` Image columns), "
-        "`metadata.parquet` (every sample, no pixels, with embeddings), `manifest.json` (sha256 of every file)."
     )
+    files = [(f"`{f['folder']}/`", f["files"], f["reader"]) for f in info["format_notes"]]
+    files += [
+        ("`metadata.parquet`", "every sample, no pixels, with embeddings", "pyarrow, pandas"),
+        ("`manifest.json`", "counts, params, sha256 of every file", "`synthfaces verify`"),
+    ]
+    parts.append("## Files\n" + _table(files, ("path", "what", "read with")))
     parts.append(
         "## How it was built\n"
         + _table(

@@ -42,11 +42,14 @@ class Layout:
 
 
 class ShardFormat:
-    """One file per output shard; `finish` may add index files over all shards."""
+    """One file per output shard; `finish` may add index files over all shards. `files` and `reader` say,
+    for the dataset card, what lies in the folder and what reads it."""
 
     scope: ClassVar[Literal["shard"]] = "shard"
     folder: ClassVar[str]
     suffix: ClassVar[str]
+    files: ClassVar[str]
+    reader: ClassVar[str]
 
     def write(self, path: Path, samples: list[dict[str, Any]], layout: Layout) -> dict[str, Any]:
         """Write the shard atomically; returns its sha256 and bytes, hashed as it was written."""
@@ -62,6 +65,8 @@ class DatasetFormat:
 
     scope: ClassVar[Literal["dataset"]] = "dataset"
     folder: ClassVar[str]
+    files: ClassVar[str]
+    reader: ClassVar[str]
 
     def write_all(
         self, out_dir: Path, batches: Iterable[list[dict[str, Any]]], layout: Layout, image_bytes: int

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.registry import Registry
-from pipeline.shards.io import hashed_atomic, write_json_atomic
+from pipeline.shards.io import hashed_atomic, write_bytes_atomic, write_json_atomic
 from pipeline.shards.layout import DatasetFormat, Layout, ShardFormat, check_key, entry
 
 #: Parquet row groups of about this many bytes stream well (what `datasets` targets for images).
@@ -25,8 +25,10 @@ FIXED_MTIME = 0
 #: Up to this many classes the Parquet `class` column is a Hugging Face ClassLabel. Its feature lists every
 #: class name and sits in every shard's footer (about 1 MB at this count); above it, a plain int64 Value.
 CLASS_LABEL_MAX = 100_000
-#: The WebDataset shard index that `wids.ShardListDataset` opens (URLs relative to its folder).
+#: The WebDataset shard index that `wids.ShardListDataset` opens (URLs relative to its folder), and the class
+#: and image counts beside it that Vec2Face's trainer reads (`ids:C ims:N`).
 WIDS_INDEX = "train.wids.json"
+WIDS_INFO = "dataset_info.txt"
 
 
 class WebDatasetWriter(ShardFormat):
@@ -35,6 +37,8 @@ class WebDatasetWriter(ShardFormat):
 
     folder = "webdataset"
     suffix = ".tar"
+    files = "`train-NNNNNN.tar` (KEY.jpg aligned crop, KEY.cls, KEY.json), `train.wids.json`, `dataset_info.txt`"
+    reader = '`webdataset.WebDataset`, `wids.ShardListDataset("webdataset/train.wids.json")`'
 
     def write(self, path: Path, samples: list[dict[str, Any]], layout: Layout) -> dict[str, Any]:
         import webdataset as wds
@@ -65,9 +69,11 @@ class WebDatasetWriter(ShardFormat):
                 {"url": Path(s["path"]).name, "nsamples": s["samples"], "filesize": s["bytes"]} for s in shards
             ],
         }
-        path = out_dir / self.folder / WIDS_INDEX
-        written = write_json_atomic(path, index)
-        return [entry(f"{self.folder}/{WIDS_INDEX}", layout.samples, written)]
+        written = write_json_atomic(out_dir / self.folder / WIDS_INDEX, index)
+        counts = f"ids:{layout.classes} ims:{layout.samples}\n".encode()
+        info = write_bytes_atomic(out_dir / self.folder / WIDS_INFO, counts)
+        return [entry(f"{self.folder}/{WIDS_INDEX}", layout.samples, written),
+                entry(f"{self.folder}/{WIDS_INFO}", None, info)]  # fmt: skip
 
 
 class HuggingFaceParquetWriter(ShardFormat):
@@ -76,6 +82,8 @@ class HuggingFaceParquetWriter(ShardFormat):
 
     folder = "parquet"
     suffix = ".parquet"
+    files = "`train-NNNNNN.parquet` (`datasets` Image columns, `class` a ClassLabel, metadata columns)"
+    reader = '`datasets.load_dataset("parquet", data_files="parquet/*.parquet")`'
 
     def write(self, path: Path, samples: list[dict[str, Any]], layout: Layout) -> dict[str, Any]:
         ext = layout.image_ext
