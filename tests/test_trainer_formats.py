@@ -198,6 +198,32 @@ def test_recordio_refuses_more_records_than_float32_labels_count(tmp_path: Path)
     assert not (tmp_path / "recordio").exists()
 
 
+def test_a_failing_dataset_writer_leaves_nothing_behind(tmp_path: Path) -> None:
+    from pipeline.errors import PipelineError
+    from pipeline.shards.lmdb_store import LMDBWriter
+
+    samples = [{"key": k, "class": 0, "image": b"x"} for k in ("000000001_000", "000000000_000")]  # out of order
+    with pytest.raises(PipelineError, match="out of order"):
+        LMDBWriter().write_all(tmp_path, [samples], Layout(classes=1, samples=2, image_ext="jpg"), 2)
+    assert [p.name for p in (tmp_path / "lmdb").iterdir()] == []
+
+
+def test_export_removes_the_folders_of_formats_no_longer_asked_for(exported_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.commands import main
+    from pipeline.export.run import run_export
+
+    from .conftest import EXPORTED, small_params
+
+    root, out = exported_dataset.parent, tmp_path / "dataset"
+    shutil.copytree(exported_dataset, out)
+    params = small_params(**{**EXPORTED, "export": {**EXPORTED["export"], "formats": ["webdataset"]}})
+    run_export(params, root / "candidates", root / "selection.parquet", out)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["webdataset"]
+    assert main(["verify", str(out)]) == 0
+
+
 def test_card_names_every_format_and_its_reader(exported_dataset: Path) -> None:
     card = (exported_dataset / "README.md").read_text()
     for folder, reader in [

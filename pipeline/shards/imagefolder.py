@@ -27,10 +27,10 @@ class ImageFolderWriter(ShardFormat):
         lines = []
         for s in samples:
             folder = layout.class_name(s["class"])
+            relative = f"{folder}/{check_key(s['key'])}.{layout.image_ext}"
             if folder not in made:
                 (root / folder).mkdir(parents=True, exist_ok=True)  # other shards share class folders
                 made.add(folder)
-            relative = f"{folder}/{check_key(s['key'])}.{layout.image_ext}"
             target = root / relative
             tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
             tmp.write_bytes(s["image"])
