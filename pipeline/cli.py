@@ -13,6 +13,7 @@ import torch
 from pipeline.config import Params
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.plugins import load_checked_params
+from pipeline.runtime.progress import LOG_FORMAT
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
@@ -30,7 +31,7 @@ def run_stage(main: Callable[[argparse.Namespace, Params], None], parser: argpar
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)

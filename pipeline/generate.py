@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -393,7 +394,20 @@ class ShardJob:
         self._local: dict[str, Any] = {}
 
     def attach(self, face_pass: FacePass, on_batch: Callable[[int], None]) -> None:
-        self._local = {"face_pass": face_pass, "on_batch": on_batch}
+        """The driver's first FacePass (reused for its device) and its progress bar's update."""
+        lock = threading.Lock()  # device 0's loop and the device processes' listener both count
+
+        def count(images: int) -> None:
+            with lock:
+                on_batch(images)
+
+        self._local = {"face_pass": face_pass, "on_batch": count}
+
+    def progress(self, images: int) -> None:
+        self._local.get("on_batch", _ignore)(images)
+
+    def report_progress(self, send: Callable[[int], None]) -> None:
+        self._local["on_batch"] = send
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_local"} | {"_local": {}}
@@ -403,7 +417,11 @@ class ShardJob:
         reuse = self._local.pop("face_pass", None)  # one worker takes it; every other device builds its own
         if reuse is None or reuse.device != device:
             reuse = FacePass(self.params, device, self.weights_dir, self.lock_path, self.calibration)
-        return ShardWorker(reuse, self, self._local.get("on_batch") or (lambda n: None))
+        return ShardWorker(reuse, self, self._local.get("on_batch", _ignore))
+
+
+def _ignore(images: int) -> None:
+    """Progress nobody watches (a Ray worker's)."""
 
 
 class ShardWorker:

@@ -1,7 +1,9 @@
 """Executors run shard work units; each registers by name (`runtime.executor`).
 
-`local` runs one worker per device in this process (threads: the work is torch ops and encoders
-that release the GIL), handing shards out dynamically, so a fast device takes more of them.
+`local` runs one worker per device: one device in this process; several as this process (the first device,
+whose models the driver has built) plus one spawned process per further device, so nothing that holds the
+interpreter lock in one device's loop (Python dispatch, numpy, encoding) waits for another's. Shards are
+handed out from one queue as workers free up, so a fast device takes more of them.
 `ray` runs one task per shard on a Ray cluster. Every shard's bytes depend on its spec alone, so
 the executor and the number of devices never change the output.
 """
@@ -9,14 +11,18 @@ the executor and the number of devices never change the output.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import pickle
 import queue
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
 
 from pipeline.registry import Registry
+from pipeline.runtime.progress import LOG_FORMAT
 from pipeline.shards.candidates import ShardSpec
 
 log = logging.getLogger(__name__)
@@ -32,11 +38,17 @@ class Worker(Protocol):
 
 class WorkerFactory(Protocol):
     """Builds, once per device, the worker that computes and writes shards. `cache_key` names what it builds
-    and survives pickling, so a Ray worker process that runs many shards builds its models once."""
+    and survives pickling, so a Ray worker process that runs many shards builds its models once.
+    `progress(n)` counts n images done on the driver's bar; `report_progress(send)` makes the workers this
+    factory builds in another process send their counts through `send` instead."""
 
     cache_key: str
 
     def __call__(self, device: torch.device) -> Worker: ...
+
+    def progress(self, images: int) -> None: ...
+
+    def report_progress(self, send: Callable[[int], None]) -> None: ...
 
 
 class Executor(Protocol):
@@ -46,7 +58,8 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """One worker per device; shards taken from a shared queue in order."""
+    """One worker per device, the first in this process and one spawned process per further device; shards
+    taken from one queue in order."""
 
     def __init__(self, **_: Any):
         pass
@@ -54,42 +67,95 @@ class LocalExecutor:
     def run(self, specs: Sequence[ShardSpec], make_worker: WorkerFactory, devices: Sequence[torch.device]) -> None:
         if not specs:
             return
-        todo: queue.Queue[ShardSpec] = queue.Queue()
+        if len(devices) == 1:  # in the caller's thread, so Ctrl-C stops it at once
+            pending = iter(specs)
+            _drain(make_worker(devices[0]), lambda: next(pending, None), threading.Event())
+            return
+        ctx = multiprocessing.get_context("spawn")
+        todo, events, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
         for spec in specs:
             todo.put(spec)
-        stop = threading.Event()
-        if len(devices) == 1:  # in the caller's thread, so Ctrl-C stops it at once
-            _drain(make_worker(devices[0]), todo, stop)
-            return
+        for _ in devices:  # one end mark per worker: a blocking get never mistakes a slow pipe for an empty queue
+            todo.put(None)
+        level = logging.getLogger().getEffectiveLevel()
+        procs = {  # keyed by position: simulated CPU devices share a name
+            f"#{i} {d}": ctx.Process(target=_device_process, args=(make_worker, d, f"#{i} {d}", todo, events, stop,
+                                     level), name=f"shards-{i}-{d}", daemon=True)
+            for i, d in enumerate(devices[1:], 1)
+        }  # fmt: skip
+        for proc in procs.values():
+            proc.start()
         errors: list[BaseException] = []
-
-        def loop(device: torch.device) -> None:
-            try:
-                _drain(make_worker(device), todo, stop)
-            except BaseException as err:  # re-raised in the caller's thread
-                errors.append(err)
-                stop.set()
-
-        threads = [threading.Thread(target=loop, args=(d,), name=f"shards-{d}") for d in devices]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        listener = threading.Thread(target=_listen, args=(events, procs, make_worker, stop, errors), daemon=True)
+        listener.start()
+        try:
+            _drain(make_worker(devices[0]), todo.get, stop)
+        except BaseException as err:
+            stop.set()
+            errors.insert(0, err)
+        finally:
+            for proc in procs.values():
+                proc.join()
+            listener.join()
+            todo.cancel_join_thread()  # shards left after a failure must not hold this process at exit
         if errors:
             raise errors[0]
 
 
-def _drain(worker: Worker, todo: queue.Queue[ShardSpec], stop: threading.Event) -> None:
-    """Take shards from `todo` until it is empty (or another worker failed); the last write is waited for."""
+def _drain(worker: Worker, take: Callable[[], ShardSpec | None], stop: Any) -> None:
+    """Take shards until the end mark (or another worker failed); the last write is waited for."""
     try:
-        while not stop.is_set():
-            try:
-                spec = todo.get_nowait()
-            except queue.Empty:
-                return
+        while not stop.is_set() and (spec := take()) is not None:
             worker(spec)
     finally:
         worker.flush()
+
+
+def _device_process(
+    make_worker: WorkerFactory, device: torch.device, name: str, todo: Any, events: Any, stop: Any, log_level: int
+) -> None:
+    """A spawned process for one device: build its worker, drain the queue, report progress and the outcome."""
+    logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        make_worker.report_progress(lambda n: events.put(("images", name, n)))
+        _drain(make_worker(device), todo.get, stop)
+        events.put(("done", name, None))
+    except BaseException as err:
+        stop.set()
+        events.put(("error", name, _portable(err)))
+
+
+def _portable(err: BaseException) -> BaseException:
+    """The error itself when it pickles (so the driver raises what the device raised), else its text."""
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}")
+    return err
+
+
+def _listen(
+    events: Any, procs: dict[str, Any], make_worker: WorkerFactory, stop: Any, errors: list[BaseException]
+) -> None:
+    """In the driver: forward device processes' progress to the bar and collect their errors, until every one
+    has reported its end (or died without one: killed, or out of host memory)."""
+    running = set(procs)
+    while running:
+        try:
+            kind, name, value = events.get(timeout=0.5)
+        except queue.Empty:
+            for name in [n for n in running if procs[n].exitcode is not None]:
+                running.discard(name)
+                errors.append(RuntimeError(f"the shard process for {name} exited with code {procs[name].exitcode} "
+                                           "before it finished: see the log above"))  # fmt: skip
+                stop.set()
+            continue
+        if kind == "images":
+            make_worker.progress(value)
+        else:
+            running.discard(name)
+            if kind == "error":
+                errors.append(value)
 
 
 class RayExecutor:

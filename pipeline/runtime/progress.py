@@ -7,6 +7,9 @@ import sys
 
 from tqdm.auto import tqdm
 
+#: One log line format for stage processes and the device processes they spawn.
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
 
 def progress(total: int, desc: str, unit: str = "img") -> tqdm:
     """A bar that refreshes at most twice a second; off when SYNTHFACES_NO_PROGRESS is set."""
