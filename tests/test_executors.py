@@ -1,4 +1,4 @@
-"""Executors: several devices in one process, and Ray, give the same bytes as one device; OOM back-off."""
+"""Executors: several devices (one process each) and Ray give the same bytes as one device; OOM back-off."""
 
 from __future__ import annotations
 
@@ -54,9 +54,11 @@ class RecordingFactory:
     """A worker factory that appends each build and each shard it computes to files, so a test can count what
     happened in other threads or processes. Pickled by value into Ray workers."""
 
-    def __init__(self, folder: Path, seconds_per_shard: float = 0.0, wait_for_builds: int = 0):
+    def __init__(self, folder: Path, seconds_per_shard: float = 0.0, wait_for: tuple[str, int] = ("builds", 0)):
         self.folder, self.seconds, self.cache_key = str(folder), seconds_per_shard, f"recording-{folder.name}"
-        self.wait_for_builds = wait_for_builds  # a worker's first shard waits until this many workers are built
+        self.wait_for = wait_for  # each shard waits until the named file has this many lines (say, workers built)
+        self.counted: list[int] = []  # progress the driver received
+        self.send = None
 
     def __call__(self, device: torch.device) -> RecordingWorker:
         with open(os.path.join(self.folder, "builds"), "a") as fh:
@@ -64,10 +66,10 @@ class RecordingFactory:
         return RecordingWorker(self, str(device))
 
     def progress(self, images: int) -> None:
-        pass
+        self.counted.append(images)
 
     def report_progress(self, send) -> None:
-        pass
+        self.send = send
 
     def lines(self, name: str) -> list[list[str]]:
         path = Path(self.folder) / name
@@ -80,39 +82,46 @@ class RecordingWorker:
 
     def __call__(self, spec: ShardSpec) -> None:
         deadline = time.monotonic() + 120
-        while len(self.factory.lines("builds")) < self.factory.wait_for_builds and time.monotonic() < deadline:
+        name, count = self.factory.wait_for
+        while len(self.factory.lines(name)) < count and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(self.factory.seconds)
         with open(os.path.join(self.factory.folder, "shards"), "a") as fh:
             fh.write(f"{spec.name} {os.getpid()} {self.tag}\n")
+        (self.factory.send or self.factory.progress)(spec.stop - spec.start)
 
     def flush(self) -> None:
         pass
 
 
 def test_every_device_takes_shards_from_the_queue_in_its_own_process(tmp_path: Path) -> None:
-    factory = RecordingFactory(tmp_path, seconds_per_shard=0.05, wait_for_builds=3)
+    factory = RecordingFactory(tmp_path, seconds_per_shard=0.05, wait_for=("builds", 3))
     LocalExecutor().run(plan_shards(8, 1), factory, [torch.device("cpu")] * 3)
     shards = factory.lines("shards")
     assert sorted(name for name, _, _ in shards) == [s.name for s in plan_shards(8, 1)]  # each exactly once
     assert len({tag for _, _, tag in shards}) == 3 and len(factory.lines("builds")) == 3  # every worker took some
     pids = {pid for (pid,) in factory.lines("builds")}
     assert len(pids) == 3 and str(os.getpid()) in pids  # the first device in this process, one process per other
+    assert sum(factory.counted) == 8 and len(factory.counted) == 8  # every process's progress reached the driver
 
 
 class FailingFactory(RecordingFactory):
+    """Builds in the driver; in any other process it fails (after saying so in the file `failed`)."""
+
     def __call__(self, device: torch.device) -> RecordingWorker:
         if os.getpid() != self.driver:
+            with open(os.path.join(self.folder, "failed"), "a") as fh:
+                fh.write(f"{os.getpid()}\n")
             raise OSError(28, "No space left on device")
         return super().__call__(device)
 
 
 def test_a_failing_device_process_stops_the_run_with_its_error(tmp_path: Path) -> None:
-    factory = FailingFactory(tmp_path, seconds_per_shard=0.05)
+    factory = FailingFactory(tmp_path, seconds_per_shard=0.05, wait_for=("failed", 1))
     factory.driver = os.getpid()
     with pytest.raises(OSError, match="No space left on device"):
-        LocalExecutor().run(plan_shards(40, 1), factory, [torch.device("cpu")] * 2)
-    assert len(factory.lines("shards")) < 40  # the driver's worker stopped early too
+        LocalExecutor().run(plan_shards(200, 1), factory, [torch.device("cpu")] * 2)
+    assert len(factory.lines("shards")) < 200  # the driver's worker stopped after the shards in hand
 
 
 @pytest.fixture(scope="module")
