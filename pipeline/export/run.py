@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import pipeline
@@ -40,7 +39,7 @@ from pipeline.report.card import render_card
 from pipeline.runtime.progress import progress
 from pipeline.shards.candidates import IMAGE_COLUMNS, MANIFEST, embedding_matrix, shard_files
 from pipeline.shards.io import hashed_atomic, write_json_atomic
-from pipeline.shards.layout import Layout
+from pipeline.shards.layout import Layout, entry
 from pipeline.shards.notice import description
 from pipeline.shards.writers import CLASS_LABEL_MAX, WRITERS
 
@@ -193,8 +192,8 @@ def _export(
         writers = {fmt: WRITERS.create(fmt) for fmt in ex.formats}
         shard_formats = tuple(f for f, w in writers.items() if w.scope == "shard")
         # Whole-dataset formats first: each is one long task, and runs beside the shard writes.
-        whole = [pool.submit(write_dataset, DatasetTask(f, spills, str(out_dir), layout, int(sizes.sum())))
-                 for f, w in writers.items() if w.scope == "dataset"]  # fmt: skip
+        whole = {f: pool.submit(write_dataset, DatasetTask(f, spills, str(out_dir), layout, int(sizes.sum())))
+                 for f, w in writers.items() if w.scope == "dataset"}  # fmt: skip
         write_tasks = [WriteTask(name, sl.start, sl.stop, spills, str(out_dir), shard_formats, layout)
                        for name, sl in zip(names, slices, strict=True)] if shard_formats else []  # fmt: skip
         starts = np.array([sl.start for sl in slices], np.int64)
@@ -205,11 +204,11 @@ def _export(
             for fmt in shard_formats:
                 folder = writers[fmt].folder
                 files += writers[fmt].finish(out_dir, [e for e in files if e["path"].startswith(f"{folder}/")], layout)
-            for fmt, future in zip([f for f in writers if f not in shard_formats], whole, strict=True):
+            for fmt, future in whole.items():
                 files += future.result()
                 log.info("export: %s written", fmt)
             stats = meta.result()
-        files.append({"path": "metadata.parquet", "samples": len(selected), **stats.pop("file")})
+        files.append(entry("metadata.parquet", len(selected), stats.pop("file")))
         log.info("export: %d shards x %d shard formats, %d whole-dataset formats and metadata.parquet written "
                  "in %.1f s", len(slices), len(shard_formats), len(whole), time.perf_counter() - start)  # fmt: skip
         if "parquet" in ex.formats and layout.classes > CLASS_LABEL_MAX:
@@ -217,7 +216,7 @@ def _export(
                      layout.classes, CLASS_LABEL_MAX)  # fmt: skip
 
     counts = {
-        "identities": stats["identities"],
+        "identities": layout.classes,
         "images_per_identity": params.dataset.images_per_identity,
         "samples": len(selected),
         "candidates": int(cand_manifest["rows"]),
@@ -240,7 +239,7 @@ def _export(
     }
     with hashed_atomic(out_dir / "README.md") as fh:
         fh.write(render_card(card_info).encode())
-    files.append({"path": "README.md", "samples": None, "sha256": fh.sha256, "bytes": fh.size})
+    files.append(entry("README.md", None, {"sha256": fh.sha256, "bytes": fh.size}))
     manifest = {
         "name": params.dataset.name,
         "counts": {**counts, "shards": len(slices)},
@@ -264,7 +263,7 @@ def _write_metadata(
     statistics gathered on the way (attribute counts, quality percentiles, similarity of the first samples)."""
     attributes: dict[str, Counter] = {}
     quality: dict[str, list[np.ndarray]] = {c: [] for c in QUALITY_COLUMNS}
-    embeddings, identities, classes = [], [], 0
+    embeddings, identities = [], []
     done = 0
     writer = None
     with hashed_atomic(path) as fh:
@@ -281,7 +280,6 @@ def _write_metadata(
                     attributes.setdefault(c, Counter()).update(table.column(c).to_pylist())
             for c in QUALITY_COLUMNS:
                 quality[c].append(table.column(c).to_numpy(zero_copy_only=False))
-            classes = max(classes, int(pc.max(table.column("class")).as_py()) + 1)
             if sum(len(e) for e in embeddings) < SIMILARITY_SAMPLES:
                 embeddings.append(embedding_matrix(table.column("embedding")))
                 identities.append(table.column("identity").to_numpy())
@@ -294,7 +292,6 @@ def _write_metadata(
         similarity = similarity_summary(np.concatenate(embeddings)[:n], np.concatenate(identities)[:n])
     return {
         "file": {"sha256": fh.sha256, "bytes": fh.size},
-        "identities": classes,
         "attributes": {c: dict(n) for c, n in attributes.items()},
         "quality": summary_q,
         "similarity": similarity,

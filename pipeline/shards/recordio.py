@@ -54,12 +54,12 @@ def frame(payload: bytes) -> bytes:
     return b"".join(parts)
 
 
-def pack(flag: int, label: float | tuple[float, ...], index: int, data: bytes = b"") -> bytes:
-    """An image record's payload as mxnet.recordio.pack makes it: a scalar label in the header, or `flag`
-    float32 labels after it."""
+def pack(label: float | tuple[float, ...], index: int, data: bytes = b"") -> bytes:
+    """A record's payload as mxnet.recordio.pack makes it: a scalar label in the header (flag 0), or a tuple
+    of float32 labels after it (flag = their count)."""
     if isinstance(label, tuple):
         return IR_HEADER.pack(len(label), 0.0, index, 0) + np.asarray(label, "<f4").tobytes() + data
-    return IR_HEADER.pack(flag, label, index, 0) + data
+    return IR_HEADER.pack(0, label, index, 0) + data
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -79,7 +79,7 @@ class RecordIOWriter(DatasetFormat):
         self, out_dir: Path, batches: Iterable[list[dict[str, Any]]], layout: Layout, image_bytes: int
     ) -> list[dict[str, Any]]:
         n, classes = layout.samples, layout.classes
-        if max(n + classes + 1, classes) >= 1 << 24:
+        if n + classes + 1 >= 1 << 24:
             raise PipelineError(f"recordio labels are float32: {n:,} samples and {classes:,} classes exceed 2^24")
         folder = out_dir / self.folder
         offsets = np.zeros(n + classes + 1, np.int64)
@@ -94,7 +94,7 @@ class RecordIOWriter(DatasetFormat):
                 offsets[index] = rec.size
                 rec.write(frame(payload))
 
-            put(0, pack(2, (n + 1.0, n + 1.0 + classes), 0))
+            put(0, pack((n + 1.0, n + 1.0 + classes), 0))
             index, previous, lines = 0, -1, []
             for batch in batches:
                 for s in batch:
@@ -107,7 +107,7 @@ class RecordIOWriter(DatasetFormat):
                     if index == 1:
                         size = image_size(s["image"])
                     end[cls] = index + 1
-                    put(index, pack(0, float(cls), index, s["image"]))
+                    put(index, pack(float(cls), index, s["image"]))
                     lines.append(f"{index}\t{cls}/{index}.{layout.image_ext}\t{cls}\n")
                     if len(lines) >= FLUSH_LINES:
                         tsv.write("".join(lines).encode())
@@ -117,7 +117,7 @@ class RecordIOWriter(DatasetFormat):
                 raise PipelineError(f"recordio: got {index} samples in {int((first >= 0).sum())} classes, "
                                     f"expected {n} in {classes}")  # fmt: skip
             for cls in range(classes):
-                put(n + 1 + cls, pack(2, (float(first[cls]), float(end[cls])), n + 1 + cls))
+                put(n + 1 + cls, pack((float(first[cls]), float(end[cls])), n + 1 + cls))
         entries = [entry(f"{self.folder}/train.rec", n, {"sha256": rec.sha256, "bytes": rec.size}),
                    entry(f"{self.folder}/train.tsv", n, {"sha256": tsv.sha256, "bytes": tsv.size})]  # fmt: skip
         with hashed_atomic(folder / "train.idx") as idx:
