@@ -3,9 +3,10 @@ GPU speed: torch ops dispatched (about one kernel launch each, 5-20 us of launch
 GPU), host round trips (`.cpu()`, `.numpy()`, `.tolist()`, `.item()` / bool / int casts, `nonzero`,
 `masked_select`: each stalls the host until the device catches up) and GFLOP per image, plus images/s.
 
-Parts: StyleGAN2-256 synthesis (released configuration, random weights), MTCNN detection, alignment,
-the InceptionResnetV1 backbone, SER-FIQ's dropout passes, the whole FaceAnalyzer (detect, align, embed,
-scores) and the StyleGAN2-256 discriminator that scores `q_disc`. Faces are smoke-generator faces at the
+Parts: StyleGAN2-256 synthesis (released configuration, random weights), MTCNN detection (facenet-pytorch's
+reference and the batched default), alignment, the InceptionResnetV1 backbone, SER-FIQ's dropout passes, the
+whole face stack (detect, align, embed, SER-FIQ, scores, copied to host columns; pose runs on those on the host)
+and the StyleGAN2-256 discriminator that scores `q_disc`. Faces are smoke-generator faces at the
 same resolution, so the detector does real work. Op and round-trip counts do not depend on the device.
 
     uv run python bench/device_loop.py                                  # CPU, batch 64
@@ -26,55 +27,23 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.faces import faces
 from bench.generator import CONFIGS
 from pipeline.config import validate_params
 from pipeline.faces.analyze import FaceAnalyzer
+from pipeline.faces.detect import FacenetMTCNN
 from pipeline.generators.stylegan2 import Discriminator
 from pipeline.runtime.device import autocast
-
-#: Dispatched ops that make the host wait for the device (item / bool / int casts dispatch the first).
-SYNC_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select"}
-#: Tensor methods that copy to the host without a dispatched op of their own on a CPU tensor.
-HOST_METHODS = {"cpu", "numpy", "tolist"}
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts every dispatched aten op and the ones that synchronise with the host."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops = 0
-        self.syncs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        self.syncs += func._schema.name in SYNC_OPS
-        return func(*args, **(kwargs or {}))
-
-
-class HostCopies(TorchFunctionMode):
-    """Counts `.cpu()`, `.numpy()` and `.tolist()` calls on tensors."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.count += getattr(func, "__name__", "") in HOST_METHODS
-        return func(*args, **(kwargs or {}))
+from pipeline.runtime.dispatch import count_dispatch
 
 
 def measure(fn: Callable[[], Any], images: int, device: torch.device, repeats: int) -> dict[str, float]:
     """Ops and round trips of one call, GFLOP per image, and images/s over `repeats` calls after a warm-up."""
     with torch.no_grad():
         fn()
-        with HostCopies() as copies, OpCounter() as counter:
-            fn()
+        ops, trips = count_dispatch(fn)
         flops = FlopCounterMode(display=False)
         with flops:
             fn()
@@ -85,9 +54,9 @@ def measure(fn: Callable[[], Any], images: int, device: torch.device, repeats: i
         sync(device)
         seconds = (time.perf_counter() - start) / repeats
     return {
-        "ops": counter.ops,
-        "ops_per_image": counter.ops / images,
-        "round_trips": counter.syncs + copies.count,
+        "ops": ops,
+        "ops_per_image": ops / images,
+        "round_trips": trips,
         "gflop_per_image": flops.get_total_flops() / images / 1e9,
         "images_per_s": images / seconds,
     }
@@ -119,7 +88,7 @@ def main() -> None:
         net.requires_grad_(False)
     params = validate_params({"embed": {"allow_random": True}})
     analyzer = FaceAnalyzer(params, device, res)
-    seeds = list(range(b))
+    reference = FacenetMTCNN(res, device=device, min_face_size=analyzer.detector.min_face_size)
     with torch.no_grad():
         ws = g.mapping(torch.randn(b, g.z_dim, device=device), None, truncation_psi=0.7)
         pixels = faces(res, b, device)
@@ -127,18 +96,19 @@ def main() -> None:
         crops, _ = analyzer.align(pixels, det)
         features = analyzer.embedder.features(crops)
         images = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    found = float(det.found.mean())
+    found = float(det.found.float().mean())
 
     fp32 = args.precision != "fp16"  # the networks' own fp16 layers run only when fp16 is asked for
     parts = {
         "StyleGAN2 synthesis": lambda: g.synthesis(ws, noise_mode="const", force_fp32=fp32),
-        "MTCNN detect (facenet-pytorch)": lambda: analyzer.detector(pixels),
+        "MTCNN, facenet-pytorch (reference)": lambda: reference(pixels),
+        "MTCNN, batched (default)": lambda: analyzer.detector(pixels),
         "align (5-point warp)": lambda: analyzer.align(pixels, det),
         "InceptionResnetV1 backbone": lambda: analyzer.embedder.features(crops),
         f"SER-FIQ ({params.embed.serfiq_passes} passes)": lambda: analyzer.embedder.serfiq(
-            features, params.embed.serfiq_passes, seeds
+            features, params.embed.serfiq_passes
         ),
-        "whole FaceAnalyzer": lambda: analyzer(pixels, seeds),
+        "whole face stack (to host columns)": lambda: analyzer(pixels),
         "StyleGAN2 discriminator (q_disc)": lambda: d(images, None, force_fp32=fp32),
     }
     print(f"faces found by MTCNN: {found:.0%}")
@@ -149,7 +119,8 @@ def main() -> None:
             rows[name] = r = measure(fn, b, device, repeats)
         print(f"{name:34s} {r['ops']:9d} {r['ops_per_image']:8.1f} {r['round_trips']:10d} "
               f"{r['gflop_per_image']:9.2f} {r['images_per_s']:8.1f}", flush=True)  # fmt: skip
-    face, gen, disc = rows["whole FaceAnalyzer"], rows["StyleGAN2 synthesis"], rows["StyleGAN2 discriminator (q_disc)"]
+    face, gen = rows["whole face stack (to host columns)"], rows["StyleGAN2 synthesis"]
+    disc = rows["StyleGAN2 discriminator (q_disc)"]
     print(f"face stack / generator, images/s: {face['images_per_s'] / gen['images_per_s']:.2f}x; "
           f"q_disc / generator, GFLOP: {disc['gflop_per_image'] / gen['gflop_per_image']:.2f}x")  # fmt: skip
 

@@ -2,10 +2,15 @@
 SER-FIQ included) on 256 px and 1024 px inputs, batched as the generate stage runs it.
 
 Inputs are smoke-generator faces rendered at each resolution (MTCNN finds faces in them, so every
-stage does real work). Also prints the cost of SER-FIQ's stochastic passes and of MTCNN's pyramid
-with the default min_face_size versus facenet-pytorch's default of 20 px, measured in the same run.
+stage does real work). Also prints the cost of SER-FIQ's stochastic passes, of MTCNN's pyramid with
+the default min_face_size versus facenet-pytorch's default of 20 px, and of facenet-pytorch's own
+MTCNN (`detect.model: mtcnn_facenet`) in place of the batched one, measured in the same run.
+
+`--reference DIR` runs another checkout's bench/faces.py (e.g. a worktree of the previous release) in
+turns with this one, each in its own process, and prints the ratio of their default rows.
 
     uv run python bench/faces.py
+    uv run python bench/faces.py --reference /tmp/previous --rounds 3
     uv run python bench/faces.py --device cuda --images 256 --batch 64
 """
 
@@ -18,6 +23,8 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import re
+import subprocess
 import time
 
 import numpy as np
@@ -39,17 +46,41 @@ def faces(resolution: int, n: int, device: torch.device) -> torch.Tensor:
 
 
 def rate(analyzer: FaceAnalyzer, pixels: torch.Tensor, batch: int, device: torch.device) -> tuple[float, float]:
-    analyzer(pixels[:batch], list(range(batch)))  # warm-up
+    analyzer(pixels[:batch])  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     found = 0
     for lo in range(0, len(pixels), batch):
-        res = analyzer(pixels[lo : lo + batch], list(range(lo, lo + min(batch, len(pixels) - lo))))
+        res = analyzer(pixels[lo : lo + batch])
         found += int((res.columns["det_prob"] > 0).sum())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return len(pixels) / (time.perf_counter() - start), found / len(pixels)
+
+
+DEFAULT_ROW = re.compile(r"^\s*(\d+) default \(SER-FIQ 100 passes\)\s+([\d.]+)", re.MULTILINE)
+
+
+def default_rates(checkout: Path, resolution: int, extra: list[str]) -> float:
+    """samples/s of the default row of `checkout`'s bench/faces.py at one resolution, in its own process."""
+    out = subprocess.run(
+        [sys.executable, str(checkout / "bench" / "faces.py"), "--resolutions", str(resolution), *extra],
+        cwd=checkout, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return float(DEFAULT_ROW.search(out).group(2))  # type: ignore[union-attr]
+
+
+def compare(reference: Path, resolutions: list[int], rounds: int, extra: list[str]) -> None:
+    """This checkout and `reference` in turns, `rounds` times per resolution; medians and their ratio."""
+    ours_dir = Path(__file__).resolve().parents[1]
+    for res in resolutions:
+        ours, theirs = [], []
+        for _ in range(rounds):
+            ours.append(default_rates(ours_dir, res, extra))
+            theirs.append(default_rates(reference.resolve(), res, extra))
+        a, b = float(np.median(ours)), float(np.median(theirs))
+        print(f"{res:>6} px: this checkout {a:.2f} samples/s, reference {b:.2f} (median of {rounds}): {a / b:.2f}x")
 
 
 def main() -> None:
@@ -58,7 +89,13 @@ def main() -> None:
     parser.add_argument("--resolutions", default="256,1024")
     parser.add_argument("--images", type=int, default=None, help="images per measurement (64 on CUDA, 16 on CPU)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (64 on CUDA, 8 on CPU)")
+    parser.add_argument("--reference", type=Path, default=None, help="another checkout to compare with, in turns")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per resolution with --reference")
     args = parser.parse_args()
+    if args.reference is not None:
+        extra = ["--device", args.device] + [f"--{k}={v}" for k in ("images", "batch") if (v := getattr(args, k))]
+        compare(args.reference, [int(r) for r in args.resolutions.split(",")], args.rounds, extra)
+        return
     device = torch.device(args.device)
     n = args.images or (64 if device.type == "cuda" else 16)
     batch = args.batch or (64 if device.type == "cuda" else 8)
@@ -71,6 +108,7 @@ def main() -> None:
             ("default (SER-FIQ 100 passes)", {}),
             ("SER-FIQ off", {"embed": {"serfiq_passes": 0}}),
             ("min_face_size 20 (facenet default)", {"detect": {"min_face_size": 20}}),
+            ("facenet-pytorch's MTCNN", {"detect": {"model": "mtcnn_facenet"}}),
         ]
         for label, override in rows:
             params = validate_params(deep_merge({"embed": {"allow_random": True}}, override))

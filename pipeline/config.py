@@ -38,7 +38,7 @@ class GeneratorParams(Section):
     truncation_cutoff: PositiveInt | None = None
     noise_mode: Literal["const", "none", "random"] = "const"
     resolution: Annotated[int, Field(ge=64, le=1024)] | None = None
-    disc_score: bool = True
+    disc_score: bool = False
 
 
 class IdentitiesParams(Section):
@@ -249,7 +249,8 @@ class Params(Section):
         if f.min_disc_logit is not None and not self.generator.disc_score:
             raise _CrossFieldError(
                 "filter.min_disc_logit",
-                "needs generator.disc_score: true (without it no candidate has a q_disc score); set one or the other",
+                "needs generator.disc_score: true (without it no candidate has a q_disc score; the discriminator costs "
+                "about as much compute as the generator); set one or the other",
             )
         return self
 

@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 from pipeline.calibrate import directions_to_json, load_directions, load_steer_plan
 from pipeline.config import Params
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.faces.analyze import FaceAnalyzer
+from pipeline.faces.analyze import FaceAnalyzer, FaceResult
 from pipeline.faces.attributes import AttributeAnalyzer, AttributeBatch, attribute_catalog
 from pipeline.fingerprint import code_fingerprint
 from pipeline.generators import load_models
@@ -27,6 +28,7 @@ from pipeline.generators.synthesis import synthesize, to_uint8
 from pipeline.identities.sampling import check_variation, input_transforms, make_ws, sample_seed
 from pipeline.runtime.device import (
     apply_threads,
+    autocast,
     batch_size,
     effective_precision,
     probe_batch_size,
@@ -59,6 +61,22 @@ SHAPING_SECTIONS = (
     "seed", "generator", "identities.images_per_identity", "identities.oversample",
     "identities.shard_size", "variation", "detect", "align", "embed", "attributes",
 )  # fmt: skip
+
+
+@dataclass
+class SynthBatch:
+    """One batch after synthesis: who, with which seeds and latents, and the images (NaN/Inf made finite)."""
+
+    identities: np.ndarray
+    variants: np.ndarray
+    seeds: list[int]
+    ws: torch.Tensor
+    raw: torch.Tensor  # [B, 3, H, W] float, the generator's output
+
+    def __post_init__(self) -> None:
+        self.finite = torch.isfinite(self.raw).flatten(1).all(1)
+        self.clean = torch.nan_to_num(self.raw, nan=0.0, posinf=1.0, neginf=-1.0)
+        self.pixels = to_uint8(self.clean).permute(0, 2, 3, 1)  # [B, H, W, 3] uint8 on the device
 
 
 class FacePass:
@@ -149,43 +167,55 @@ class FacePass:
         g = self.params.generator
         return synthesize(self.generator, ws, self.precision, g.noise_mode, seeds, transforms, self.synthesis_batch)
 
-    def _disc_scores(self, images: torch.Tensor) -> np.ndarray:
+    def _synthesis(self, identities: np.ndarray, variants: np.ndarray, offsets: np.ndarray | None) -> SynthBatch:
+        """Step 1: latents and images on the device (`offsets` [N, w_dim] steer the identities' w)."""
+        ws = make_ws(self.generator, self.params, identities, variants, self.device, offsets)
+        seeds = [sample_seed(self.params.seed, int(i), int(v)) for i, v in zip(identities, variants, strict=True)]
+        raw = self._synthesize(ws, seeds, input_transforms(self.params, identities, variants))
+        return SynthBatch(identities, variants, seeds, ws, raw)
+
+    def _scores(self, batch: SynthBatch) -> dict[str, torch.Tensor]:
+        """Step 2: whole-image scores on the device: q_finite, and q_disc (the discriminator, in the stage's
+        precision) when `generator.disc_score` asks for it, else NaN."""
+        scores = {"q_finite": batch.finite.to(torch.float32)}
         if self.discriminator is None:
-            return np.full(len(images), np.nan, np.float32)
-        with torch.no_grad():
-            return self.discriminator(images, None, force_fp32=True).float().flatten().cpu().numpy()
+            scores["q_disc"] = torch.full_like(scores["q_finite"], torch.nan)
+            return scores
+        with torch.no_grad(), autocast("bf16" if self.precision == "bf16" else "fp32", self.device):
+            logits = self.discriminator(batch.clean, None, force_fp32=self.precision != "fp16")
+        scores["q_disc"] = logits.float().flatten()
+        return scores
 
     def compute(
         self, identities: np.ndarray, variants: np.ndarray, offsets: np.ndarray | None = None
     ) -> dict[str, Any]:
-        """The device half of one batch of (identity, variant) pairs (`offsets` [N, w_dim] steer their w):
-        every candidate column but the encoded images, plus the host arrays `encode` turns into them."""
-        ws = make_ws(self.generator, self.params, identities, variants, self.device, offsets)
-        seeds = [sample_seed(self.params.seed, int(i), int(v)) for i, v in zip(identities, variants, strict=True)]
-        raw = self._synthesize(ws, seeds, input_transforms(self.params, identities, variants))
-        finite = torch.isfinite(raw).flatten(1).all(1)
-        clean = torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0)
-        pixels = to_uint8(clean).permute(0, 2, 3, 1)
-        faces = self.faces(pixels, seeds)
-        found = faces.columns["det_prob"] > 0
-        landmarks = np.stack(faces.columns["landmarks"]).reshape(-1, 5, 2)
-        attributes = self.attributes(AttributeBatch(pixels, landmarks, found, ws))
+        """The device half of one batch of (identity, variant) pairs: synthesis -> scores -> faces -> attributes
+        -> table columns (every candidate column but the encoded images, plus the host arrays `encode` turns
+        into them). The per-image columns reach the host in one copy, the crops in another, the frames in a
+        third when the CPU encodes them."""
+        batch = self._synthesis(identities, variants, offsets)
+        faces = self.faces(batch.pixels, extra=self._scores(batch))
+        attributes = self.attributes(AttributeBatch(batch.pixels, faces.landmarks, faces.found, batch.ws))
+        return self._table(batch, faces, attributes)
+
+    def _table(self, batch: SynthBatch, faces: FaceResult, attributes: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Step 5: the batch's candidate columns in schema order (images still to encode)."""
+        ids, var = batch.identities, batch.variants
         columns = {
-            "key": [sample_key(int(i), int(v)) for i, v in zip(identities, variants, strict=True)],
-            "identity": identities.astype(np.int64),
-            "variant": variants.astype(np.int16),
-            "seed": np.array(seeds, np.int64),
-            "psi": np.full(len(identities), self.params.generator.truncation_psi, np.float32),
+            "key": [sample_key(int(i), int(v)) for i, v in zip(ids, var, strict=True)],
+            "identity": ids.astype(np.int64),
+            "variant": var.astype(np.int16),
+            "seed": np.array(batch.seeds, np.int64),
+            "psi": np.full(len(ids), self.params.generator.truncation_psi, np.float32),
             **faces.columns,
-            "q_finite": finite.cpu().numpy().astype(np.float32),
-            "q_disc": self._disc_scores(clean),
+            **faces.extra,
             **attributes,
             HOST_CROPS: faces.crops,
         }
         if self.jpeg.device_side:
-            columns["image"] = self.jpeg(pixels)
+            columns["image"] = self.jpeg(batch.pixels)
         else:
-            columns[HOST_PIXELS] = pixels.cpu().numpy()
+            columns[HOST_PIXELS] = batch.pixels.cpu().numpy()
         return columns
 
     def encode(self, columns: dict[str, Any]) -> dict[str, Any]:

@@ -47,10 +47,13 @@ def problems(raw: dict) -> list[str]:
             "filter.min_serfiq: needs embed.serfiq_passes >= 2",
         ),
         (
-            {"filter": {"min_disc_logit": 0.0}, "generator": {"disc_score": False}},
+            {"filter": {"min_disc_logit": 0.0}},
             "filter.min_disc_logit: needs generator.disc_score: true",
+        ),  # off by default
+        (
+            {"filter": {"min_disc_logit": 0.0}, "generator": {"disc_score": True}},
+            "filter.min_disc_logit: the built-in 'smoke' generator has no discrim",
         ),
-        ({"filter": {"min_disc_logit": 0.0}}, "filter.min_disc_logit: the built-in 'smoke' generator has no discrim"),
         ({"runtime": {"batch_size": 0}}, "runtime.batch_size: "),
         ({"export": {"formats": []}}, "export.formats: "),
         ({"export": {"formats": ["parquet", "parquet"]}}, "export.formats: must not repeat a format"),

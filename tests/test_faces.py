@@ -14,7 +14,7 @@ from pipeline.config import FilterParams
 from pipeline.curation.filter import apply_filter
 from pipeline.faces.align import transform_points, umeyama
 from pipeline.faces.analyze import FaceAnalyzer
-from pipeline.faces.detect import MTCNNDetector
+from pipeline.faces.detect import DETECTORS, resolve
 
 from .conftest import small_params
 
@@ -44,7 +44,7 @@ def photos() -> dict[str, np.ndarray]:
 def analysed() -> pd.DataFrame:
     images = photos()
     analyzer = FaceAnalyzer(small_params(detect={"min_face_size": 40}, embed={"serfiq_passes": 8}), CPU, 512)
-    result = analyzer(torch.from_numpy(np.stack(list(images.values()))), list(range(len(images))))
+    result = analyzer(torch.from_numpy(np.stack(list(images.values()))))
     cols = {k: v for k, v in result.columns.items() if k not in ("box", "landmarks", "embedding")}
     df = pd.DataFrame(cols, index=list(images))
     df["key"], df["identity"], df["variant"] = [f"{i:09d}_000" for i in range(len(df))], range(len(df)), 0
@@ -85,34 +85,61 @@ def test_warped_landmarks_land_where_the_transform_puts_them() -> None:
     images = photos()
     pixels = torch.from_numpy(np.stack([images["astronaut"], images["rot+15"], images["rot-25"]]))
     analyzer = FaceAnalyzer(small_params(detect={"min_face_size": 40}, align={"size": size, "margin": 0.2}), CPU, 512)
-    det = analyzer.detector(pixels)
+    det = resolve(analyzer.detector, pixels)
     crops, _ = analyzer.align(pixels, det)
-    m, _ = umeyama(torch.from_numpy(det.landmarks), analyzer.template)
-    expected = transform_points(torch.from_numpy(det.landmarks), m)
-    again = MTCNNDetector(size, min_face_size=20)((crops * 255).round().to(torch.uint8).permute(0, 2, 3, 1))
-    rms = ((torch.from_numpy(again.landmarks) - expected) ** 2).sum(-1).mean(-1).sqrt() * (112 / size)
+    m, _ = umeyama(det.landmarks, analyzer.aligner.template)
+    expected = transform_points(det.landmarks, m)
+    again = resolve(DETECTORS.create("mtcnn", image_size=size, min_face_size=20), crops)
+    rms = ((again.landmarks - expected) ** 2).sum(-1).mean(-1).sqrt() * (112 / size)
     assert (again.probs > 0.99).all()
     assert (rms < 1.5).all(), rms
 
 
-def test_serfiq_range_seeded_and_maximal_without_dropout() -> None:
+def test_serfiq_range_reproducible_batch_independent_and_maximal_without_dropout() -> None:
     analyzer = FaceAnalyzer(small_params(), CPU, 512)
-    crops = torch.rand(4, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    crops = torch.randint(0, 256, (4, 112, 112, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     features = analyzer.embedder.features(crops)
-    q = analyzer.embedder.serfiq(features, 20, [1, 2, 3, 4])
+    q = analyzer.embedder.serfiq(features, 20)
     assert ((q > 0) & (q <= 1)).all()
-    assert np.array_equal(q, analyzer.embedder.serfiq(features, 20, [1, 2, 3, 4]))  # reproducible
-    assert not np.array_equal(q, analyzer.embedder.serfiq(features, 20, [5, 6, 7, 8]))
-    assert np.array_equal(q[1:], analyzer.embedder.serfiq(features[1:], 20, [2, 3, 4]))  # batch-independent
-    np.testing.assert_array_equal(analyzer.embedder.serfiq(features, 20, [1, 2, 3, 4], dropout=0.0), 1.0)
+    assert torch.equal(q, analyzer.embedder.serfiq(features, 20))  # reproducible
+    torch.testing.assert_close(q[1:], analyzer.embedder.serfiq(features[1:], 20), rtol=1e-6, atol=1e-7)
+    assert len(set(q.tolist())) == 4  # the masks are shared, the crops are not
+    twice = analyzer.embedder.serfiq(features[[0, 0]], 20)
+    assert twice[0] == twice[1]  # equal crops score the same: a function of the crop alone
+    torch.testing.assert_close(analyzer.embedder.serfiq(features, 20, dropout=0.0), torch.ones(4))
 
 
 def test_serfiq_needs_one_backbone_pass_per_image() -> None:
-    analyzer = FaceAnalyzer(small_params(embed={"serfiq_passes": 50}), CPU, 512)
-    seen: list[int] = []
-    hook = analyzer.embedder.net.conv2d_1a.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
-    try:
-        analyzer(torch.from_numpy(np.stack([data.astronaut()] * 3)), [1, 2, 3])
-    finally:
-        hook.remove()
-    assert seen == [3]  # one backbone call over the 3 images, however many stochastic passes
+    """SER-FIQ's stochastic passes reuse the backbone's features: the backbone runs as often with 50 passes as
+    without SER-FIQ, once per image."""
+    from .test_smoke_generator import smoke_pixels
+
+    pixels = smoke_pixels(128, 6)
+    calls = []
+    for passes in (50, 0):
+        analyzer = FaceAnalyzer(small_params(embed={"serfiq_passes": passes}), CPU, 128)
+        seen: list[int] = []
+        net = analyzer.embedder.net
+        hook = net.conv2d_1a.register_forward_hook(lambda mod, inp, out, seen=seen: seen.append(inp[0].shape[0]))
+        try:
+            analyzer(pixels)
+        finally:
+            hook.remove()
+        calls.append(seen)
+    assert calls[0] == calls[1] and sum(calls[0]) >= 6
+
+
+def test_folded_embedder_matches_facenets_network() -> None:
+    """BatchNorms and block scales folded into the convolutions: the same embeddings as facenet's own forward."""
+    from facenet_pytorch import InceptionResnetV1
+
+    from pipeline.faces.embed import RANDOM_INIT_SEED, TRAINING_CLASSES
+
+    analyzer = FaceAnalyzer(small_params(embed={"input_size": 160}), CPU, 512)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        reference = InceptionResnetV1(classify=False, num_classes=TRAINING_CLASSES["vggface2"]).eval()
+    crops = torch.randint(0, 256, (3, 112, 112, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(analyzer.embedder.preprocess(crops))
+    torch.testing.assert_close(analyzer.embedder(crops), expected, atol=1e-5, rtol=1e-4)

@@ -404,6 +404,13 @@ def test_face_pass_reads_the_pickle_once_and_scores_realism(pickled, tmp_path: P
     real = checkpoint.read_network_pickle
     monkeypatch.setattr(checkpoint, "read_network_pickle", lambda p: reads.append(p) or real(p))
     params = small_params(generator={"model": str(path), "resolution": None}, variation={"mix_start": 4})
+    assert (
+        FacePass(params, torch.device("cpu"), lock_path=tmp_path / "lock.json").discriminator is None
+    )  # off by default
+    reads.clear()
+    params = small_params(
+        generator={"model": str(path), "resolution": None, "disc_score": True}, variation={"mix_start": 4}
+    )
     face_pass = FacePass(params, torch.device("cpu"), lock_path=tmp_path / "lock.json")
     assert len(reads) == 1 and face_pass.discriminator is not None
     cols = face_pass(np.array([0, 1]), np.array([0, 0]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,11 @@ class EncodeTask:
 
 
 def _json_value(value: Any) -> Any:
+    """Rounded for the per-sample JSON; NaN or infinity (an unscored q_disc) becomes null, since JSON has none."""
     if isinstance(value, list):
-        return [round(float(v), 4) for v in value]
+        return [round(float(v), 4) if math.isfinite(v) else None for v in value]
     if isinstance(value, float):
-        return round(value, 5)
+        return round(value, 5) if math.isfinite(value) else None
     return value
 
 

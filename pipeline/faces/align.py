@@ -1,9 +1,14 @@
-"""Five-point similarity alignment onto the ArcFace template, fitted and warped in batch on the device."""
+"""Five-point similarity alignment onto the ArcFace template, fitted and warped in batch on the device.
+
+The fit is the closed-form least-squares similarity (rotation, uniform scale, translation; Umeyama 1991 in
+2-D, never a reflection), in complex numbers: crop = z * frame + t. The warp samples the uint8 frame
+bilinearly at the crop's pixel centres (grid_sample's align_corners=False convention, zeros outside),
+reading only the four pixels around each sample, so a 1024 px frame is never converted to float whole.
+"""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 # (x, y) of left eye, right eye, nose tip, left and right mouth corner in a 112 x 112 crop.
 ARCFACE_112 = torch.tensor(
@@ -17,49 +22,87 @@ def template(size: int = 112, margin: float = 0.0) -> torch.Tensor:
     return centred * (size / 112.0)
 
 
+def _complex(points: torch.Tensor) -> torch.Tensor:
+    """[..., 2] (x, y) -> [...] complex x + iy."""
+    return torch.view_as_complex(points.to(torch.float32).clone(memory_format=torch.contiguous_format))
+
+
+def fit_similarity(
+    src: torch.Tensor, dst: torch.Tensor, dst_mean: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares similarity src -> dst as complex numbers: dst ~ z * src + t.
+
+    src: [B, K] complex, dst: [K] complex (and its mean, when known). In 2-D the optimum is closed-form
+    (Umeyama 1991 without its SVD): with centred points s and d, z = sum(conj(s) d) / sum(|s|^2), never a
+    reflection. Returns z [B], t [B] and the RMS residual [B] in dst units.
+    """
+    mu, mu_d = src.mean(1, keepdim=True), dst.mean() if dst_mean is None else dst_mean
+    s = src - mu
+    z = (s.conj() * (dst - mu_d)).sum(1) / torch.view_as_real(s).square().sum((1, 2))
+    t = mu_d - z * mu[:, 0]
+    residual = torch.view_as_real(z[:, None] * src + t[:, None] - dst).square().sum(2).mean(1).sqrt()
+    return z, t, residual
+
+
 def umeyama(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares similarity src -> dst (Umeyama 1991) for a batch.
-
-    src: [B, K, 2], dst: [K, 2]. Returns M [B, 2, 3] with dst ~ M @ [src, 1] and the RMS
-    residual of the fit [B] in dst units.
-    """
-    src = src.to(torch.float64)
-    dst = dst.to(src).expand_as(src)
-    mu_s, mu_d = src.mean(1, keepdim=True), dst.mean(1, keepdim=True)
-    sc, dc = src - mu_s, dst - mu_d
-    var_s = (sc**2).sum((1, 2)) / src.shape[1]
-    cov = dc.transpose(1, 2) @ sc / src.shape[1]
-    u, s, vh = torch.linalg.svd(cov)
-    d = torch.ones_like(s)
-    d[:, 1] = torch.sign(torch.linalg.det(u) * torch.linalg.det(vh))
-    rot = u @ torch.diag_embed(d) @ vh
-    scale = (s * d).sum(1) / var_s.clamp_min(1e-12)
-    a = scale[:, None, None] * rot
-    t = mu_d.transpose(1, 2) - a @ mu_s.transpose(1, 2)
-    m = torch.cat([a, t], 2)
-    fitted = src @ a.transpose(1, 2) + t.transpose(1, 2)
-    residual = ((fitted - dst) ** 2).sum(2).mean(1).sqrt()
-    return m.to(torch.float32), residual.to(torch.float32)
+    """`fit_similarity` on [B, K, 2] and [K, 2] points: M [B, 2, 3] with dst ~ M @ [src, 1], and the residual."""
+    z, t, residual = fit_similarity(_complex(src), _complex(dst))
+    a, b, tx, ty = z.real, z.imag, t.real, t.imag
+    return torch.stack([torch.stack([a, -b, tx], 1), torch.stack([b, a, ty], 1)], 1), residual
 
 
-def warp(images: torch.Tensor, m: torch.Tensor, size: int) -> torch.Tensor:
-    """Warp [B, C, H, W] images by pixel-space affines M [B, 2, 3] into [B, C, size, size] crops.
+class Aligner:
+    """Fits five landmarks onto the template and warps frames into crops, with its constants built once."""
 
-    Pixel coordinates are continuous (pixel i spans [i, i+1)), matching align_corners=False.
-    """
-    b, _, h, w = images.shape
-    m = m.to(torch.float64)
-    a, t = m[:, :, :2], m[:, :, 2:]
-    a_inv = torch.linalg.inv(a)
-    # normalised out -> out pixels -> in pixels (inverse of M) -> normalised in
-    out_from_norm = torch.tensor([[size / 2.0, 0.0], [0.0, size / 2.0]], dtype=torch.float64, device=m.device)
-    in_to_norm = torch.tensor([[2.0 / w, 0.0], [0.0, 2.0 / h]], dtype=torch.float64, device=m.device)
-    half = torch.full((2, 1), size / 2.0, dtype=torch.float64, device=m.device)
-    lin = in_to_norm @ a_inv @ out_from_norm
-    offset = in_to_norm @ (a_inv @ (half - t)) - 1.0
-    theta = torch.cat([lin, offset], 2).to(images.dtype)
-    grid = F.affine_grid(theta, [b, images.shape[1], size, size], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    def __init__(self, size: int, margin: float, device: torch.device | str = "cpu"):
+        self.size = size
+        self.template = template(size, margin).to(device)
+        self.target = _complex(self.template)  # [K]
+        self.target_mean = self.target.mean()
+        c = torch.arange(size, dtype=torch.float32, device=device) + 0.5
+        self.centres = torch.complex(c[None, :].expand(size, size), c[:, None].expand(size, size)).flatten()
+        self.taps = torch.arange(2, device=device)
+        self.device = torch.device(device)
+
+    def fit(self, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """landmarks [B, 5, 2] (frame pixels) -> z, t (crop = z * frame + t) and the residual [B] in crop px."""
+        return fit_similarity(_complex(landmarks), self.target, self.target_mean)
+
+    def whole_frame(self, height: int, width: int) -> tuple[complex, complex]:
+        """z and t that scale a whole frame into the crop (for an image without a face)."""
+        s = self.size / max(height, width)
+        return complex(s, 0.0), complex((self.size - s * width) / 2, (self.size - s * height) / 2)
+
+    def warp(self, frames: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Warp [B, H, W, C] frames (uint8 or float) into [B, S, S, C] float32 crops in the frames' value range.
+
+        Pixel coordinates are continuous (pixel i spans [i, i + 1)): each crop pixel centre is mapped back into
+        the frame and sampled bilinearly from its four neighbours (grid_sample's align_corners=False); a
+        neighbour outside the frame counts as zero.
+        """
+        b, h, w, c = frames.shape
+        pos = torch.view_as_real((self.centres - t[:, None]) / z[:, None]) - 0.5  # [B, S*S, 2] frame pixel index
+        low = pos.floor()
+        frac = pos - low
+        corner = low.to(torch.int64)[..., None] + self.taps  # [B, S*S, 2 (x, y), 2 (tap)]
+        limit = torch.tensor([[w], [h]], device=frames.device)
+        weight = torch.stack([1.0 - frac, frac], -1) * ((corner >= 0) & (corner < limit))
+        corner = torch.minimum(corner.clamp_min(0), limit - 1) * torch.tensor([[1], [w]], device=frames.device)
+        index = (
+            corner[:, :, 1, :, None]
+            + corner[:, :, 0, None, :]
+            + (torch.arange(b, device=frames.device) * (h * w))[:, None, None, None]
+        )
+        weight = weight[:, :, 1, :, None] * weight[:, :, 0, None, :]  # [B, S*S, 2 (y), 2 (x)]
+        taps = frames.reshape(-1, c).index_select(0, index.flatten()).view(b, -1, 4, c).to(torch.float32)
+        return (taps * weight.view(b, -1, 4, 1)).sum(2).view(b, self.size, self.size, c)
+
+
+def warp(frames: torch.Tensor, m: torch.Tensor, size: int) -> torch.Tensor:
+    """Warp [B, H, W, C] frames by frame -> crop similarities M [B, 2, 3] into [B, size, size, C] float32 crops."""
+    aligner = Aligner(size, 0.0, frames.device)
+    m = m.to(torch.float32)
+    return aligner.warp(frames, torch.complex(m[:, 0, 0], m[:, 1, 0]), torch.complex(m[:, 0, 2], m[:, 1, 2]))
 
 
 def transform_points(points: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

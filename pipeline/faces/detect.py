@@ -1,31 +1,45 @@
-"""Batched face detection with facenet-pytorch's MTCNN; one chosen face per image plus a face count."""
+"""Face detectors: one registry, one result type. `mtcnn` (the default) is facenet-pytorch's MTCNN batched for a
+GPU (pipeline/faces/mtcnn.py); `mtcnn_facenet` runs facenet-pytorch's own `MTCNN.detect`, kept as the reference
+the batched one is tested against."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from pipeline.faces.boxes import BOX, COMPLETE, LANDMARKS, N_FACES, PROB, WIDTH, FaceBoxes, default_min_face_size
 from pipeline.registry import Registry
 
-
-@dataclass(frozen=True)
-class Detections:
-    """Per image: the most probable face (zeros and prob 0 when none) and how many faces were found."""
-
-    boxes: np.ndarray  # [B, 4] float32, x0 y0 x1 y1 in pixels
-    probs: np.ndarray  # [B] float32
-    landmarks: np.ndarray  # [B, 5, 2] float32: left eye, right eye, nose, mouth left, mouth right
-    n_faces: np.ndarray  # [B] int16, faces with prob >= count_min_prob
-
-    @property
-    def found(self) -> np.ndarray:
-        return self.probs > 0
+__all__ = ["DETECTORS", "Detector", "FaceBoxes", "FacenetMTCNN", "default_min_face_size", "resolve"]
 
 
-class MTCNNDetector:
-    """MTCNN with keep_all=True (keep_all=False crashes on batches with a faceless image, issue #224)."""
+class Detector(Protocol):
+    min_face_size: int
+
+    def __call__(self, pixels: torch.Tensor, attempt: int = 0) -> FaceBoxes:
+        """pixels: [B, H, W, 3] uint8 channels-last on the detector's device. `attempt` n > 0 re-runs images
+        that came back incomplete with room for more candidates."""
+        ...
+
+
+def resolve(detector: Detector, pixels: torch.Tensor, attempt: int = 0) -> FaceBoxes:
+    """Detect (from `attempt`), then run the incomplete images again with growing `attempt` until every image is
+    complete (one host round trip per try; the face pass makes this check with its final columns instead)."""
+    out = detector(pixels, attempt)
+    todo = torch.nonzero(~out.complete)[:, 0]
+    while len(todo):
+        attempt += 1
+        again = detector(pixels[todo], attempt)
+        out = FaceBoxes(out.packed.index_put((todo,), again.packed))
+        todo = todo[~again.complete]
+    return out
+
+
+class FacenetMTCNN:
+    """facenet-pytorch's `MTCNN.detect` with keep_all=True (keep_all=False crashes on batches with a faceless
+    image, issue #224): per-box Python loops and host round trips, always complete."""
 
     def __init__(
         self,
@@ -38,6 +52,7 @@ class MTCNNDetector:
     ):
         from facenet_pytorch import MTCNN
 
+        self.device = torch.device(device)
         self.min_face_size = min_face_size or default_min_face_size(image_size)
         self.count_min_prob = count_min_prob
         self.mtcnn = MTCNN(
@@ -46,35 +61,33 @@ class MTCNNDetector:
             thresholds=list(thresholds),
             factor=factor,
             post_process=False,
-            device=torch.device(device),
+            device=self.device,
         )
 
-    def __call__(self, images: torch.Tensor) -> Detections:
-        """images: [B, H, W, 3] channels-last, values 0-255 (anything else silently finds no face)."""
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"MTCNN needs channels-last [B, H, W, 3] images, got shape {tuple(images.shape)}")
+    def __call__(self, pixels: torch.Tensor, attempt: int = 0) -> FaceBoxes:
+        if pixels.ndim != 4 or pixels.shape[-1] != 3:
+            raise ValueError(f"MTCNN needs channels-last [B, H, W, 3] images, got shape {tuple(pixels.shape)}")
         with torch.no_grad():
-            boxes, probs, points = self.mtcnn.detect(images.float(), landmarks=True)
-        n = images.shape[0]
-        out_boxes = np.zeros((n, 4), np.float32)
-        out_probs = np.zeros(n, np.float32)
-        out_points = np.zeros((n, 5, 2), np.float32)
-        n_faces = np.zeros(n, np.int16)
-        for i in range(n):
+            boxes, probs, points = self.mtcnn.detect(pixels.float(), landmarks=True)
+        out = np.zeros((len(pixels), WIDTH), np.float32)
+        out[:, COMPLETE] = 1
+        for i in range(len(pixels)):
             if boxes[i] is None:
                 continue
             p = np.asarray(probs[i], dtype=np.float64)
             areas = (boxes[i][:, 2] - boxes[i][:, 0]) * (boxes[i][:, 3] - boxes[i][:, 1])
             best = int(np.lexsort((-areas, -p))[0])  # most probable, then largest
-            out_boxes[i], out_probs[i], out_points[i] = boxes[i][best], p[best], points[i][best]
-            n_faces[i] = int((p >= self.count_min_prob).sum())
-        return Detections(out_boxes, out_probs, out_points, n_faces)
+            out[i, BOX], out[i, PROB], out[i, LANDMARKS] = boxes[i][best], p[best], points[i][best].reshape(-1)
+            out[i, N_FACES] = (p >= self.count_min_prob).sum()
+        return FaceBoxes(torch.from_numpy(out).to(pixels.device))
 
 
-def default_min_face_size(image_size: int) -> int:
-    """Generated faces fill much of the frame: skip the pyramid levels for tiny faces (most of MTCNN's cost)."""
-    return max(20, image_size // 5)
+def _batched(**kwargs: object) -> Detector:
+    from pipeline.faces.mtcnn import BatchedMTCNN
+
+    return BatchedMTCNN(**kwargs)  # type: ignore[arg-type]
 
 
-DETECTORS: Registry[MTCNNDetector] = Registry("detector")
-DETECTORS.register("mtcnn")(MTCNNDetector)
+DETECTORS: Registry[Detector] = Registry("detector")
+DETECTORS.register("mtcnn")(_batched)
+DETECTORS.register("mtcnn_facenet")(FacenetMTCNN)

@@ -1,4 +1,6 @@
-"""Quality scorers: each fills one `q_*` column (meanings in pipeline/faces/columns.py)."""
+"""Quality scorers: each fills one `q_*` column (meanings in pipeline/faces/columns.py). Pixel scores run on the
+device with the rest of the face pass; geometry scores need only the box and the landmarks, so they run on the
+host after the pass's one copy."""
 
 from __future__ import annotations
 
@@ -6,16 +8,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.faces.detect import Detections
-
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
-_LUMA = (0.299, 0.587, 0.114)
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+#: The device's pixel scores, in the order `pixel_scores` stacks them.
+PIXEL_SCORES = ("q_sharpness", "q_brightness", "q_clipped")
 
 
-def geometry_scores(det: Detections, image_size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Scores from the box and the five landmarks alone."""
+def geometry_scores(
+    boxes: np.ndarray, landmarks: np.ndarray, found: np.ndarray, image_size: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """Scores from the box [B, 4] and the five landmarks [B, 5, 2] alone (0 where no face was found)."""
     h, w = image_size
-    box, lm = det.boxes.astype(np.float64), det.landmarks.astype(np.float64)
+    box, lm = boxes.astype(np.float64), landmarks.astype(np.float64)
     bw, bh = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
     left, right, nose = lm[:, 0], lm[:, 1], lm[:, 2]
     eye_vec = right - left
@@ -27,7 +31,6 @@ def geometry_scores(det: Detections, image_size: tuple[int, int]) -> dict[str, n
         (lm[:, :, 0] >= box[:, None, 0]) & (lm[:, :, 0] <= box[:, None, 2])
         & (lm[:, :, 1] >= box[:, None, 1]) & (lm[:, :, 1] <= box[:, None, 3])
     ).all(1)  # fmt: skip
-    found = det.found
     return {
         "q_face_fraction": np.where(found, bw * bh / (h * w), 0.0).astype(np.float32),
         "q_roll": np.where(found, np.degrees(np.arctan2(eye_vec[:, 1], eye_vec[:, 0])), 0.0).astype(np.float32),
@@ -37,15 +40,11 @@ def geometry_scores(det: Detections, image_size: tuple[int, int]) -> dict[str, n
     }
 
 
-def pixel_scores(aligned: torch.Tensor) -> dict[str, np.ndarray]:
-    """Sharpness and exposure of aligned crops [B, 3, S, S] in [0, 1]."""
-    luma = sum(c * aligned[:, i : i + 1] for i, c in enumerate(_LUMA)) * 255.0
-    lap = F.conv2d(luma, _LAPLACIAN.to(luma), padding=0)
-    s = aligned.shape[-1]
-    centre = luma[:, :, s // 4 : s - s // 4, s // 4 : s - s // 4]
-    clipped = ((centre <= 2.0) | (centre >= 253.0)).float().mean((1, 2, 3))
-    return {
-        "q_sharpness": lap.flatten(1).var(1).cpu().numpy().astype(np.float32),
-        "q_brightness": (centre.mean((1, 2, 3)) / 255.0).cpu().numpy().astype(np.float32),
-        "q_clipped": clipped.cpu().numpy().astype(np.float32),
-    }
+def pixel_scores(crops: torch.Tensor) -> torch.Tensor:
+    """Sharpness, brightness and clipped share (PIXEL_SCORES) of [B, S, S, 3] uint8 aligned crops: [B, 3]."""
+    luma = (crops.to(torch.float32) @ _LUMA.to(crops.device))[:, None]  # [B, 1, S, S], 0-255
+    sharpness = F.conv2d(luma, _LAPLACIAN.to(luma.device)).flatten(1).var(1)
+    s = luma.shape[-1]
+    centre = luma[:, 0, s // 4 : s - s // 4, s // 4 : s - s // 4].flatten(1)
+    clipped = ((centre <= 2.0) | (centre >= 253.0)).to(torch.float32).mean(1)
+    return torch.stack([sharpness, centre.mean(1) / 255.0, clipped], 1)
