@@ -122,3 +122,21 @@ def test_every_exported_image_carries_the_synthetic_notice(exported_dataset: Pat
         notice = read_notice(data)
         assert notice["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
         assert "synthetic" in (notice["description"] or "").lower()
+
+
+def test_sample_json_is_strict_json(exported_dataset: Path) -> None:
+    """KEY.json holds no NaN (not JSON): an unscored q_disc (no discriminator) is written as null."""
+    import tarfile
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-JSON constant {name}")
+
+    seen = 0
+    for tar_path in sorted((exported_dataset / "webdataset").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(member).read(), parse_constant=refuse)  # type: ignore[union-attr]
+                    assert meta["q_disc"] is None
+                    seen += 1
+    assert seen == 6

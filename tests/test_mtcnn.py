@@ -180,3 +180,17 @@ def test_batched_mtcnn_is_the_default_and_facenets_the_reference() -> None:
     assert DetectParams().model == "mtcnn"
     assert isinstance(DETECTORS.create("mtcnn", image_size=128), BatchedMTCNN)
     assert isinstance(DETECTORS.create("mtcnn_facenet", image_size=128), FacenetMTCNN)
+
+
+def test_face_stack_dispatches_at_most_15_ops_per_image_and_4_host_round_trips() -> None:
+    """The issue's bar, at batch 64 on 256 px smoke faces: detect, align, embed, SER-FIQ and the scores in one
+    device pass (pose runs on the host columns), copied to the host in at most 4 round trips."""
+    from pipeline.config import validate_params
+    from pipeline.faces.analyze import FaceAnalyzer
+
+    pixels = smoke_pixels(256, 64)
+    analyzer = FaceAnalyzer(validate_params({"embed": {"allow_random": True}}), torch.device("cpu"), 256)
+    analyzer(pixels)  # builds the per-size tables
+    ops, trips = count_dispatch(lambda: analyzer(pixels))
+    assert ops / 64 <= 15, ops
+    assert trips <= 4, trips
