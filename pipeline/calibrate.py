@@ -20,6 +20,7 @@ import torch
 from scipy.optimize import minimize
 
 from pipeline.config import Params
+from pipeline.errors import PipelineError
 from pipeline.faces.attributes import (
     ATTRIBUTES,
     AttributeAnalyzer,
@@ -29,6 +30,7 @@ from pipeline.faces.attributes import (
     balance_targets,
 )
 from pipeline.fingerprint import code_fingerprint
+from pipeline.identities.variation import Regression, fit_regression
 from pipeline.shards.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ def calibration_seed(seed: int) -> int:
 
 def fit_fingerprint(params: Params) -> str:
     parts = [
-        params.section_fingerprint("seed", "generator", "attributes", "calibrate"),
+        params.section_fingerprint("seed", "generator", "attributes", "calibrate", "detect", "variation.edits"),
         json.dumps(fit_attributes(params)),
         code_fingerprint(__file__),
     ]
@@ -113,13 +115,22 @@ def label_calibration_sample(
     device: torch.device,
     attributes: list[str],
     batch_size: int,
+    continuous: list[str] | None = None,
     **context: Any,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Canonical w [N, w_dim] of `calibrate.samples` calibration identities and their labels per attribute."""
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Canonical w [N, w_dim] of `calibrate.samples` calibration identities, their labels per categorical
+    attribute, and their values per continuous one (`continuous`: attr_<name> columns; NaN without a face).
+    The detector runs when an estimator reads landmarks (pose)."""
+    from pipeline.faces.detect import DETECTORS, resolve
     from pipeline.identities.sampling import make_ws
 
+    continuous = continuous or []
     catalog_of = {name: ATTRIBUTES.get(name).catalog(params) for name in params.attributes.estimators}  # type: ignore[attr-defined]
-    needed = [name for name, cat in catalog_of.items() if set(cat) & set(attributes)]
+    values_of = {name: ATTRIBUTES.get(name).continuous(params) for name in params.attributes.estimators}  # type: ignore[attr-defined]
+    needed = [
+        name for name in params.attributes.estimators
+        if set(catalog_of[name]) & set(attributes) or set(values_of[name]) & set(continuous)
+    ]  # fmt: skip
     subset = params.model_copy(
         update={
             "seed": calibration_seed(params.seed),
@@ -127,19 +138,36 @@ def label_calibration_sample(
         }
     )
     analyzer = AttributeAnalyzer(subset, generator, device, **context)
+    detector = None
+    if "pose" in needed:
+        d = params.detect
+        detector = DETECTORS.create(
+            d.model, image_size=generator.img_resolution, device=device, min_face_size=d.min_face_size,
+            thresholds=d.thresholds, factor=d.factor, count_min_prob=d.count_min_prob,
+        )  # fmt: skip
     n = params.calibrate.samples
     ws_rows, labels = [], {a: [] for a in attributes}
+    values: dict[str, list[np.ndarray]] = {a: [] for a in continuous}
     for lo in range(0, n, batch_size):
         ids = np.arange(lo, min(lo + batch_size, n), dtype=np.int64)
         ws = make_ws(generator, subset, ids, np.zeros_like(ids), device)
         pixels = synthesize(ws)
         b = len(ids)
-        batch = AttributeBatch(pixels, np.zeros((b, 5, 2), np.float32), np.zeros(b, bool), ws)
-        columns = analyzer(batch)
+        landmarks, found = np.zeros((b, 5, 2), np.float32), np.zeros(b, bool)
+        if detector is not None:
+            det = resolve(detector, pixels)
+            landmarks, found = det.landmarks.numpy(force=True), det.found.numpy(force=True)
+        columns = analyzer(AttributeBatch(pixels, landmarks, found, ws))
         ws_rows.append(ws[:, 0].float().cpu().numpy())
         for a in attributes:
             labels[a].append(np.asarray(columns[f"attr_{a}"]).astype(str))
-    return np.concatenate(ws_rows), {a: np.concatenate(v) for a, v in labels.items()}
+        for a in continuous:
+            values[a].append(np.asarray(columns[f"attr_{a}"], np.float64))
+    return (
+        np.concatenate(ws_rows),
+        {a: np.concatenate(v) for a, v in labels.items()},
+        {a: np.concatenate(v) for a, v in values.items()},
+    )
 
 
 def directions_to_json(directions: list[Direction]) -> list[dict[str, Any]]:
@@ -185,12 +213,31 @@ def steer_plan(params: Params, directions: list[Direction]) -> dict[str, Any]:
 
 
 def write_calibration(
-    out_dir: Path, fingerprint: str, directions: list[Direction], rows: list[dict[str, Any]], samples: int
+    out_dir: Path,
+    fingerprint: str,
+    directions: list[Direction],
+    rows: list[dict[str, Any]],
+    samples: int,
+    regressions: list[Regression] | None = None,
 ) -> None:
     write_json_atomic(
         out_dir / DIRECTIONS,
-        {"fingerprint": fingerprint, "samples": samples, "fits": rows, "directions": directions_to_json(directions)},
+        {
+            "fingerprint": fingerprint,
+            "samples": samples,
+            "fits": rows,
+            "directions": directions_to_json(directions),
+            "regressions": [r.to_json() for r in regressions or []],
+        },
     )
+
+
+def load_regressions(folder: Path | None) -> dict[str, Regression]:
+    """The calibrated regressions of continuous attributes in `folder`, by attribute (none when absent)."""
+    path = folder / DIRECTIONS if folder else None
+    if path is None or not path.is_file():
+        return {}
+    return {r["attribute"]: Regression.from_json(r) for r in json.loads(path.read_text()).get("regressions", [])}
 
 
 def cached_fingerprint(out_dir: Path) -> str | None:
@@ -217,7 +264,7 @@ def run_calibrate(
     attributes = fit_attributes(params)
     if cached_fingerprint(out_dir) == fingerprint:
         log.info("calibrate: directions are up to date")
-    elif not attributes:
+    elif not attributes and not params.variation.edits:
         write_calibration(out_dir, fingerprint, [], [], 0)
     else:
         device = resolve_devices(params.runtime)[0]
@@ -228,16 +275,27 @@ def run_calibrate(
         def render(ws: torch.Tensor) -> torch.Tensor:
             return to_uint8(synthesize(generator, ws, precision, g.noise_mode)).permute(0, 2, 3, 1)
 
-        w, labels = label_calibration_sample(
-            params, generator, render, device, attributes, batch_size(params.runtime, device),
+        edited = sorted(params.variation.edits)
+        w, labels, values = label_calibration_sample(
+            params, generator, render, device, attributes, batch_size(params.runtime, device), edited,
             weights_dir=weights_dir, lock_path=lock_path,
         )  # fmt: skip
         catalog = attribute_catalog(params)
+        c = params.calibrate
         directions, rows = fit_directions(
-            w, labels, {a: catalog[a].classes for a in attributes}, params.calibrate.holdout,
-            params.calibrate.regularization,
-        )  # fmt: skip
-        write_calibration(out_dir, fingerprint, directions, rows, len(w))
+            w, labels, {a: catalog[a].classes for a in attributes}, c.holdout, c.regularization
+        )
+        regressions = []
+        for name in edited:
+            fitted = fit_regression(name, w, values[name], c.holdout, c.regularization)
+            if fitted is None:
+                raise PipelineError(
+                    f"variation.edits.{name}: too few calibration faces with a value of attr_{name} to fit its "
+                    f"direction ({int(np.isfinite(values[name]).sum())} of {len(w)}); raise calibrate.samples"
+                )
+            regressions.append(fitted)
+            log.info("calibrate: %s regression slope %.3g per W unit, held-out R^2 %.3f", name, fitted.slope, fitted.r2)
+        write_calibration(out_dir, fingerprint, directions, rows, len(w), regressions)
         for d in directions:
             log.info("calibrate: %s=%s held-out accuracy %.3f", d.attribute, d.cls, d.accuracy)
     directions = load_directions(out_dir)

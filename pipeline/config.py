@@ -46,6 +46,8 @@ class IdentitiesParams(Section):
     images_per_identity: PositiveInt = 8
     oversample: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
     shard_size: PositiveInt = 256
+    separation: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
+    separation_tries: Annotated[int, Field(ge=1, le=64)] = 8
 
     @property
     def variants_per_identity(self) -> int:
@@ -54,11 +56,30 @@ class IdentitiesParams(Section):
 
 
 class VariationParams(Section):
+    mix: bool = True
     mix_start: Annotated[int, Field(ge=0)] = 8
     mix_stop: PositiveInt | None = None
     latent_jitter: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
     translate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0
+    edits: dict[str, tuple[float, float]] = {}
+    edit_start: Annotated[int, Field(ge=0)] = 0
+    edit_stop: PositiveInt | None = None
+    min_identity_cosine: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.5
+    edit_steps: Annotated[int, Field(ge=1, le=16)] = 4
+
+    @field_validator("edits")
+    @classmethod
+    def _edit_ranges(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (low, high) in value.items():
+            if not low <= high:
+                raise ValueError(f"{name}: range must be [low, high] with low <= high, got [{low}, {high}]")
+        return value
+
+    def edit_layers(self, num_ws: int) -> tuple[int, int]:
+        """[start, stop) of the ws layers an edit moves: up to the first style-mixed layer unless set."""
+        stop = self.edit_stop or (self.mix_start if self.mix else num_ws)
+        return self.edit_start, min(stop, num_ws)
 
     @field_validator("mix_stop")
     @classmethod
@@ -205,6 +226,11 @@ class RuntimeParams(Section):
     cpus_per_task: Annotated[float, Field(gt=0.0)] = 1.0
 
 
+class JudgeParams(Section):
+    model: str | None = "dlib_resnet"
+    identities: PositiveInt = 50
+
+
 class Params(Section):
     """The whole params.yaml, merged over its preset."""
 
@@ -223,6 +249,7 @@ class Params(Section):
     balance: BalanceParams = BalanceParams()
     dataset: DatasetParams = DatasetParams()
     export: ExportParams = ExportParams()
+    judge: JudgeParams = JudgeParams()
     runtime: RuntimeParams = RuntimeParams()
 
     @model_validator(mode="after")
@@ -245,6 +272,12 @@ class Params(Section):
                 "filter.min_serfiq",
                 f"needs embed.serfiq_passes >= 2 (with {self.embed.serfiq_passes} every sample scores 1.0, so the "
                 "rule would pass everything); raise embed.serfiq_passes or set filter.min_serfiq: 0",
+            )
+        if self.identities.separation is not None and self.balance.mode == "steer":
+            raise _CrossFieldError(
+                "identities.separation",
+                "does not combine with balance.mode: steer (steering moves the identities separation chose); "
+                "set one of them",
             )
         if f.min_disc_logit is not None and not self.generator.disc_score:
             raise _CrossFieldError(

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.calibrate import directions_to_json, load_directions, load_steer_plan
+from pipeline.calibrate import directions_to_json, load_directions, load_regressions, load_steer_plan
 from pipeline.config import Params
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.faces.analyze import FaceAnalyzer, FaceResult
@@ -26,6 +26,8 @@ from pipeline.fingerprint import code_fingerprint
 from pipeline.generators import load_models
 from pipeline.generators.synthesis import synthesize, to_uint8
 from pipeline.identities.sampling import check_variation, input_transforms, make_ws, sample_seed
+from pipeline.identities.separation import separate
+from pipeline.identities.variation import cosines, edit_moves, edit_scales, edit_targets
 from pipeline.runtime.device import (
     apply_threads,
     autocast,
@@ -59,7 +61,8 @@ HOST_PIXELS, HOST_CROPS = "_pixels", "_crops"
 #: Params sections that shape a candidate shard's bytes (identities.count only decides how many shards).
 SHAPING_SECTIONS = (
     "seed", "generator", "identities.images_per_identity", "identities.oversample",
-    "identities.shard_size", "variation", "detect", "align", "embed", "attributes",
+    "identities.shard_size", "identities.separation", "identities.separation_tries", "variation", "detect",
+    "align", "embed", "attributes",
 )  # fmt: skip
 
 
@@ -107,6 +110,13 @@ class FacePass:
         self.faces = FaceAnalyzer(params, device, self.generator.img_resolution, weights_dir, lock_path)
         self.directions = load_directions(calibration)
         self.steer_plan = load_steer_plan(calibration)
+        self.regressions = load_regressions(calibration)
+        missing = [a for a in params.variation.edits if a not in self.regressions]
+        if missing:
+            raise PipelineError(
+                f"variation.edits: no calibrated direction for {', '.join(missing)} in {calibration}/ "
+                "(run the calibrate stage: dvc repro calibrate)"
+            )
         if params.balance.mode == "steer" and self.steer_plan is None:
             raise PipelineError(f"balance.mode: steer needs the calibrate stage's {calibration}/steer.json (dvc repro)")
         self.attributes = AttributeAnalyzer(
@@ -167,9 +177,10 @@ class FacePass:
         g = self.params.generator
         return synthesize(self.generator, ws, self.precision, g.noise_mode, seeds, transforms, self.synthesis_batch)
 
-    def _synthesis(self, identities: np.ndarray, variants: np.ndarray, offsets: np.ndarray | None) -> SynthBatch:
-        """Step 1: latents and images on the device (`offsets` [N, w_dim] steer the identities' w)."""
-        ws = make_ws(self.generator, self.params, identities, variants, self.device, offsets)
+    def _synthesis(self, identities: np.ndarray, variants: np.ndarray, **rows: np.ndarray | None) -> SynthBatch:
+        """Step 1: latents and images on the device; `rows` are make_ws's per-sample arrays (offsets steer the
+        identities' w, tries pick their separation try, edits move the variants)."""
+        ws = make_ws(self.generator, self.params, identities, variants, self.device, **rows)
         seeds = [sample_seed(self.params.seed, int(i), int(v)) for i, v in zip(identities, variants, strict=True)]
         raw = self._synthesize(ws, seeds, input_transforms(self.params, identities, variants))
         return SynthBatch(identities, variants, seeds, ws, raw)
@@ -186,14 +197,12 @@ class FacePass:
         scores["q_disc"] = logits.float().flatten()
         return scores
 
-    def compute(
-        self, identities: np.ndarray, variants: np.ndarray, offsets: np.ndarray | None = None
-    ) -> dict[str, Any]:
+    def compute(self, identities: np.ndarray, variants: np.ndarray, **rows: np.ndarray | None) -> dict[str, Any]:
         """The device half of one batch of (identity, variant) pairs: synthesis -> scores -> faces -> attributes
         -> table columns (every candidate column but the encoded images, plus the host arrays `encode` turns
         into them). The per-image columns reach the host in one copy, the crops in another, the frames in a
         third when the CPU encodes them."""
-        batch = self._synthesis(identities, variants, offsets)
+        batch = self._synthesis(identities, variants, **rows)
         faces = self.faces(batch.pixels, extra=self._scores(batch))
         attributes = self.attributes(AttributeBatch(batch.pixels, faces.landmarks, faces.found, batch.ws))
         return self._table(batch, faces, attributes)
@@ -227,20 +236,16 @@ class FacePass:
         columns["aligned"] = [encode(a, "png") for a in columns.pop(HOST_CROPS)]
         return columns
 
-    def __call__(
-        self, identities: np.ndarray, variants: np.ndarray, offsets: np.ndarray | None = None
-    ) -> dict[str, Any]:
+    def __call__(self, identities: np.ndarray, variants: np.ndarray, **rows: np.ndarray | None) -> dict[str, Any]:
         """Candidate columns for one batch of (identity, variant) pairs, encoded in this thread."""
-        return self.encode(self.compute(identities, variants, offsets))
+        return self.encode(self.compute(identities, variants, **rows))
 
-    def fitted_batch(
-        self, identities: np.ndarray, variants: np.ndarray, offsets: np.ndarray | None = None
-    ) -> dict[str, Any]:
+    def fitted_batch(self, identities: np.ndarray, variants: np.ndarray, **rows: np.ndarray | None) -> dict[str, Any]:
         """`compute(...)` on as many leading pairs as fit in device memory: on out-of-memory the batch size is
         halved for the rest of the run (down to 1, then the error stands). Callers continue after what ran."""
         while True:
             try:
-                return self.compute(identities, variants, offsets)
+                return self.compute(identities, variants, **rows)
             except torch.OutOfMemoryError:
                 if len(identities) <= 1:
                     raise
@@ -249,7 +254,18 @@ class FacePass:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 identities, variants = identities[: self.batch_size], variants[: self.batch_size]
-                offsets = None if offsets is None else offsets[: self.batch_size]
+                rows = {k: None if v is None else v[: self.batch_size] for k, v in rows.items()}
+
+    def _device_rows(self, ids: np.ndarray, var: np.ndarray, **rows: np.ndarray | None) -> Iterator[dict[str, Any]]:
+        """The device halves of all pairs, batch by batch (not encoded)."""
+        lo = 0
+        while lo < len(ids):
+            part = slice(lo, lo + self.batch_size)
+            columns = self.fitted_batch(
+                ids[part], var[part], **{k: None if v is None else v[part] for k, v in rows.items()}
+            )
+            lo += len(columns["key"])
+            yield columns
 
     def _pairs(self, identities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(identity, variant) for every candidate of `identities`, identity-major."""
@@ -257,38 +273,118 @@ class FacePass:
         return np.repeat(identities, variants_per), np.tile(np.arange(variants_per, dtype=np.int64), len(identities))
 
     def _batches(
-        self, ids: np.ndarray, var: np.ndarray, offsets: np.ndarray | None, on_batch: Callable[[int], None]
+        self, ids: np.ndarray, var: np.ndarray, on_batch: Callable[[int], None], **rows: np.ndarray | None
     ) -> list[dict[str, Any]]:
         """Candidate columns for all pairs, in batches of `batch_size` (which may shrink on out-of-memory).
         Each batch is encoded on the CPU workers while the device computes the next ones."""
+        return self._encoded(self._device_rows(ids, var, **rows), on_batch)
 
-        def device_batches() -> Iterator[dict[str, Any]]:
-            lo = 0
-            while lo < len(ids):
-                rows = slice(lo, lo + self.batch_size)
-                columns = self.fitted_batch(ids[rows], var[rows], None if offsets is None else offsets[rows])
-                lo += len(columns["key"])
-                yield columns
-
-        parts = []
-        for columns in self.encoders.map(self.encode, device_batches()):
-            parts.append(columns)
+    def _encoded(self, parts: Iterator[dict[str, Any]], on_batch: Callable[[int], None]) -> list[dict[str, Any]]:
+        """Each part encoded on the CPU workers while the device computes the next ones."""
+        done = []
+        for columns in self.encoders.map(self.encode, parts):
+            done.append(columns)
             on_batch(len(columns["key"]))
-        return parts
+        return done
 
     def shard_table(self, spec: ShardSpec, fingerprint: str, on_batch: Callable[[int], None]) -> pa.Table:
         """All candidates of one shard as an Arrow table with the candidate schema."""
-        ids, var = self._pairs(np.arange(spec.start, spec.stop, dtype=np.int64))
-        if self.steer_plan is None:
-            parts = self._batches(ids, var, None, on_batch)
-        else:
+        identities = np.arange(spec.start, spec.stop, dtype=np.int64)
+        ids, var = self._pairs(identities)
+        if self.steer_plan is not None:
             parts = self._steered_parts(spec, on_batch)
-        columns = {k: _concat([p[k] for p in parts]) for k in parts[0]}
+        elif self.params.identities.separation is None and not self.params.variation.edits:
+            parts = self._batches(ids, var, on_batch)
+        else:
+            parts = [_ordered(_concat_columns(self._encoded(self._constructed(identities), on_batch)))]
+        columns = _concat_columns(parts)
         columns["model_sha256"] = [self.generator.sha256] * len(ids)
         columns["params_fingerprint"] = [fingerprint] * len(ids)
         extra_fields = [_attribute_field(k, v) for k, v in columns.items() if k.startswith(EXTRA_PREFIXES)]
         schema = candidate_schema(extra_fields)
         return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
+
+    def _constructed(self, identities: np.ndarray, offsets: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
+        """A shard's candidates with separation by construction and identity-preserving edits, as parts of
+        final rows (any order; the caller orders them): first the canonicals of the separated identities, then
+        every variant at the largest scale of its edit that keeps it the same person. `offsets` [n, w_dim]:
+        steering's moves of the identities (never with separation)."""
+        p = self.params
+        n = len(identities)
+        steer = {} if offsets is None else {"offsets": offsets}
+        if p.identities.separation is None:
+            tries = np.zeros(n, np.int64)
+            canon = _concat_columns(list(self._device_rows(identities, np.zeros(n, np.int64), tries=tries, **steer)))
+            sep = {"sep_try": tries.astype(np.int32)}
+        else:
+            renders: list[dict[str, Any]] = []
+
+            def render(pairs: list[tuple[int, int]]) -> np.ndarray:
+                slots = np.array([k for k, _ in pairs], np.int64)
+                attempt = np.array([t for _, t in pairs], np.int64)
+                new = list(self._device_rows(identities[slots], np.zeros(len(slots), np.int64), tries=attempt))
+                renders.extend(new)
+                return np.stack(_concat([c["embedding"] for c in new])).astype(np.float32)
+
+            chosen = separate(n, p.identities.separation_tries, p.identities.separation, render)
+            canon, tries = _select(_concat_columns(renders), chosen.rows), chosen.tries
+            sep = {
+                "sep_try": tries.astype(np.int32),
+                "sep_ok": chosen.separated,
+                "sep_cosine": np.where(np.isfinite(chosen.max_cosine), chosen.max_cosine, np.nan).astype(np.float32),
+            }
+            log.debug("separation: %d renders for %d identities", chosen.renders, n)
+        canonical_embeddings = np.stack(canon["embedding"])
+        canon |= sep
+        if p.variation.edits:
+            canon |= self._edit_columns(np.zeros(n), np.ones(n), {a: np.full(n, np.nan) for a in p.variation.edits})
+        yield canon
+        variants_per = p.identities.variants_per_identity
+        vids = np.repeat(identities, variants_per - 1)
+        vvar = np.tile(np.arange(1, variants_per, dtype=np.int64), n)
+        slot = np.repeat(np.arange(n), variants_per - 1)
+        vsep = {k: v[slot] for k, v in sep.items()}
+        vsteer = {} if offsets is None else {"offsets": offsets[slot]}
+        if not p.variation.edits:
+            lo = 0
+            for columns in self._device_rows(vids, vvar, tries=tries[slot], **vsteer):
+                rows = np.arange(lo, lo + len(columns["key"]))
+                lo += len(rows)
+                yield columns | {k: v[rows] for k, v in vsep.items()}
+            return
+        w0 = make_ws(self.generator, p, identities, np.zeros(n, np.int64), self.device, tries=tries, **steer)
+        w0 = w0[:, p.variation.edit_layers(self.generator.num_ws)[0]].float().cpu().numpy()
+        targets = edit_targets(p.seed, dict(p.variation.edits), vids, vvar, variants_per)
+        moves = edit_moves(w0[slot], targets, self.regressions)
+        pending = np.arange(len(vids))
+        for scale in edit_scales(p.variation.edit_steps):
+            failed = []
+            lo = 0
+            moved = {k: v[pending] for k, v in vsteer.items()}
+            for columns in self._device_rows(
+                vids[pending], vvar[pending], tries=tries[slot[pending]], edits=moves[pending] * scale, **moved
+            ):
+                rows = pending[lo : lo + len(columns["key"])]
+                lo += len(rows)
+                cos = cosines(np.stack(columns["embedding"]), canonical_embeddings[slot[rows]])
+                ok = (cos >= p.variation.min_identity_cosine) | (scale == 0.0)
+                failed.append(rows[~ok])
+                keep = np.flatnonzero(ok)
+                if len(keep):
+                    extra = {k: v[rows[keep]] for k, v in vsep.items()} | self._edit_columns(
+                        np.full(len(keep), scale), cos[keep], {a: t[rows[keep]] for a, t in targets.items()}
+                    )
+                    yield _select(columns, keep) | extra
+            pending = np.concatenate(failed) if failed else pending[:0]
+            if not len(pending):
+                break
+
+    @staticmethod
+    def _edit_columns(scale: np.ndarray, cosine: np.ndarray, targets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """edit_scale (the share of the move kept: 1, 1/2, ... 0), edit_cosine (embedding cosine to the
+        canonical; 1 for it), edit_<attribute> (the target drawn; NaN for canonicals)."""
+        columns = {"edit_scale": np.asarray(scale, np.float32), "edit_cosine": np.asarray(cosine, np.float32)}
+        return columns | {f"edit_{a}": np.asarray(t, np.float32) for a, t in targets.items()}
 
     def _steered_parts(self, spec: ShardSpec, on_batch: Callable[[int], None]) -> list[dict[str, Any]]:
         """Identities in chunks of `steer_chunk`: each chunk is steered toward the bins the shard lacks so far,
@@ -303,8 +399,12 @@ class FacePass:
             w0 = make_ws(self.generator, self.params, chunk, np.zeros_like(chunk), self.device)[:, 0]
             offsets, targets = steerer.assign(w0.float().cpu().numpy())
             ids, var = self._pairs(chunk)
-            chunk_parts = self._batches(ids, var, np.repeat(offsets, variants_per, 0), on_batch)
-            columns = {k: _concat([p[k] for p in chunk_parts]) for k in chunk_parts[0]}
+            if self.params.variation.edits:
+                columns = _ordered(_concat_columns(self._encoded(self._constructed(chunk, offsets), on_batch)))
+            else:
+                columns = _concat_columns(
+                    self._batches(ids, var, on_batch, offsets=np.repeat(offsets, variants_per, 0))
+                )
             canonical = np.asarray(columns["variant"]) == 0
             steerer.verify({a: np.asarray(columns[f"attr_{a}"])[canonical] for a in targets})
             for a, t in targets.items():
@@ -320,18 +420,40 @@ def _concat(chunks: list[Any]) -> Any:
     return [x for chunk in chunks for x in chunk]
 
 
-#: Columns beyond DESIGN §7's fixed ones: attribute estimates and steering records.
-EXTRA_PREFIXES = ("attr_", "steer_")
+def _concat_columns(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {k: _concat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _select(columns: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    """The given rows of every column (arrays and lists)."""
+    return {k: v[rows] if isinstance(v, np.ndarray) else [v[i] for i in rows] for k, v in columns.items()}
+
+
+def _ordered(columns: dict[str, Any]) -> dict[str, Any]:
+    """Rows in candidate order: identity-major, then variant."""
+    return _select(columns, np.lexsort((np.asarray(columns["variant"]), np.asarray(columns["identity"]))))
+
+
+#: Columns beyond DESIGN §7's fixed ones: attribute estimates, steering, separation and edit records.
+EXTRA_PREFIXES = ("attr_", "steer_", "sep_", "edit_")
 
 
 def _attribute_field(name: str, values: Any) -> pa.Field:
     arr = np.asarray(values)
-    return pa.field(name, pa.string() if arr.dtype.kind in "OUS" else pa.float32())
+    if arr.dtype.kind in "OUS":
+        return pa.field(name, pa.string())
+    if arr.dtype.kind == "b":
+        return pa.field(name, pa.bool_())
+    return pa.field(name, pa.int32() if arr.dtype.kind in "iu" else pa.float32())
 
 
 def shard_fingerprint(params: Params, face_pass: FacePass) -> str:
     """What a shard's bytes depend on besides its identity range: params, weights, precision, code."""
-    steering = [face_pass.steer_plan, directions_to_json(face_pass.directions)]
+    steering = [
+        face_pass.steer_plan,
+        directions_to_json(face_pass.directions),
+        [face_pass.regressions[a].to_json() for a in sorted(params.variation.edits)],
+    ]
     parts = [
         params.section_fingerprint(*SHAPING_SECTIONS),
         json.dumps(steering, sort_keys=True),

@@ -30,6 +30,7 @@ def name_problems(params: Params) -> list[str]:
     from pipeline.faces.detect import DETECTORS
     from pipeline.faces.embed import EMBEDDERS
     from pipeline.generators import require_known_source
+    from pipeline.report.judge import JUDGES
     from pipeline.runtime.executors import EXECUTORS
 
     found: dict[str, str | None] = {
@@ -37,6 +38,7 @@ def name_problems(params: Params) -> list[str]:
         "detect.model": _unknown(DETECTORS.get, params.detect.model),
         "embed.model": _unknown(EMBEDDERS.get, params.embed.model),
         "runtime.executor": _unknown(EXECUTORS.get, params.runtime.executor),
+        "judge.model": None if params.judge.model is None else _unknown(JUDGES.get, params.judge.model),
     }
     estimators = [_unknown(ATTRIBUTES.get, n) for n in params.attributes.estimators]
     found["attributes.estimators"] = next((e for e in estimators if e), None)
@@ -81,6 +83,15 @@ def catalog_problems(params: Params) -> list[str]:
             listed = ", ".join(f"{k} {v:g}" for k, v in shares.items())
             problems.append(
                 f"{path}: proportions must sum to 1 (classes left out share the rest), got {total:g} ({listed})"
+            )
+    from pipeline.faces.attributes import continuous_attributes
+
+    values = continuous_attributes(params)
+    for name in params.variation.edits:
+        if name not in values:
+            problems.append(
+                f"variation.edits.{name}: no estimator writes a continuous attr_{name} "
+                f"(continuous attributes of attributes.estimators: {', '.join(values) or 'none'})"
             )
     if params.balance.mode == "steer" and not any(
         catalog[n].level == "identity" for n in params.balance.targets if n in catalog

@@ -27,6 +27,10 @@ NVIDIA_LICENSE = (
 )
 OPENCLIP_LICENSE = "MIT (OpenCLIP); ViT-B-32 weights trained by LAION on LAION-2B (laion2b_s34b_b79k)"
 FACENET_LICENSE = "MIT (facenet-pytorch; weights trained by David Sandberg's facenet on VGGFace2 / CASIA-WebFace)"
+DLIB_LICENSE = "CC0 1.0 (dlib's face models by Davis King, shipped in face_recognition_models)"
+FACE_RECOGNITION_MODELS = (
+    "https://github.com/ageitgey/face_recognition_models/raw/master/face_recognition_models/models"
+)
 DEFAULT_LOCK = "weights.lock.json"
 #: The way out of every "weights missing" error: the smoke preset needs no download.
 OFFLINE_HINT = "To build offline without these weights, use the smoke preset: uv run dvc exp run -S preset=smoke"
@@ -39,7 +43,7 @@ class WeightsSpec:
     file: str
     url: str
     license: str
-    kind: str  # "generator", "embedder" or "attributes"
+    kind: str  # "generator", "embedder", "attributes" or "judge"
 
 
 def _stylegan(name: str, version: str) -> WeightsSpec:
@@ -71,6 +75,13 @@ WEIGHTS: dict[str, WeightsSpec] = {
             FACENET_LICENSE,
             "embedder",
         ),
+        *(
+            WeightsSpec(name, file, f"{FACE_RECOGNITION_MODELS}/{file}", DLIB_LICENSE, "judge")
+            for name, file in (
+                ("dlib-resnet-v1", "dlib_face_recognition_resnet_model_v1.dat"),
+                ("dlib-shape-5", "shape_predictor_5_face_landmarks.dat"),
+            )
+        ),
         WeightsSpec(
             "openclip-vit-b-32-laion2b",
             "open_clip_vit_b_32_laion2b_s34b_b79k.safetensors",
@@ -91,6 +102,22 @@ def find_embedder_checkpoint(weights: str, weights_dir: Path | None) -> Path | N
         if folder is not None and (folder / name).is_file():
             return folder / name
     return None
+
+
+def find_judge_file(file: str, weights_dir: Path | None) -> Path | None:
+    """`weights_dir/<file>`, else the copy the face_recognition_models package ships, else None."""
+    if weights_dir is not None and (weights_dir / file).is_file():
+        return weights_dir / file
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("face_recognition_models")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    shipped = Path(spec.origin).parent / "models" / file
+    return shipped if shipped.is_file() else None
 
 
 class WeightsError(PipelineError):
@@ -209,7 +236,8 @@ def _check_payload(path: Path, spec: WeightsSpec) -> None:
 
 
 def required_weights(params: PipelineParams) -> list[tuple[WeightsSpec, bool]]:
-    """(spec, optional) for every file the resolved params need: the generator's, the embedder's, CLIP's."""
+    """(spec, optional) for every file the resolved params need: the generator's, the embedder's, CLIP's,
+    the judge's."""
     needed = []
     generator = WEIGHTS.get(params.generator.model)
     if generator is not None and generator.kind == "generator":
@@ -218,6 +246,8 @@ def required_weights(params: PipelineParams) -> list[tuple[WeightsSpec, bool]]:
     a = params.attributes
     if "clip" in a.estimators:
         needed.append((WEIGHTS[a.clip_weights], a.clip_allow_random))
+    if params.judge.model == "dlib_resnet":
+        needed += [(WEIGHTS["dlib-resnet-v1"], False), (WEIGHTS["dlib-shape-5"], False)]
     return needed
 
 
@@ -230,6 +260,9 @@ def fetch_required(
         present = dest_dir / spec.file
         if spec.kind == "attributes" and optional and not present.is_file():
             log.warning("weights: %s not present and attributes.clip_allow_random is set: CLIP is random", spec.file)
+            continue
+        if spec.kind == "judge" and not present.is_file() and (shipped := find_judge_file(spec.file, None)):
+            fetched[spec.file] = verify(shipped, lock, record=True)
             continue
         if spec.kind == "embedder" and not present.is_file():
             cached = find_embedder_checkpoint(params.embed.weights, None)

@@ -1,4 +1,4 @@
-"""DVC stage export: WebDataset + Parquet shards, metadata.parquet, dataset card, manifest."""
+"""DVC stage export: dataset shards, metadata.parquet, the independent judge's verdict, dataset card, manifest."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ log = logging.getLogger("stages.export")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    manifest = run_export(params, Path(args.candidates), Path(args.selection), Path(args.out))
+    manifest = run_export(
+        params, Path(args.candidates), Path(args.selection), Path(args.out), Path(args.weights), Path(args.lock)
+    )
     log.info("export: %s -> %s", manifest["counts"], args.out)
 
 
@@ -23,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", default="data/candidates")
     p.add_argument("--selection", default="data/curation/selection.parquet")
     p.add_argument("--out", default="data/dataset")
+    p.add_argument("--weights", default="weights", help="folder of fetched weights (the judge's files)")
+    p.add_argument("--lock", default="weights.lock.json", help="sha256 lock of the weights")
     return p
 
 

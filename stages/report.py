@@ -25,6 +25,7 @@ from pipeline.report.metrics import (
     balance_report,
     build_metrics,
     dataset_embeddings,
+    judge_report,
     similarity_report,
     write_quality_histograms,
     write_reason_plot,
@@ -37,17 +38,15 @@ def main(args: argparse.Namespace, params: Params) -> None:
     filtered = read_curation(args.filter, ["key", "identity", "keep", "reason"])
     deduped = read_curation(args.dedup, ["key", "identity", "keep", "reason"])
     selection = read_curation(args.selection, ["key", "keep", "reason"])
+    dataset_manifest = json.loads((Path(args.dataset) / "manifest.json").read_text())
     metrics = build_metrics(
-        json.loads((Path(args.candidates) / MANIFEST).read_text()),
-        filtered,
-        deduped,
-        selection,
-        json.loads((Path(args.dataset) / "manifest.json").read_text()),
+        json.loads((Path(args.candidates) / MANIFEST).read_text()), filtered, deduped, selection, dataset_manifest
     )
     embeddings, identities = dataset_embeddings(Path(args.dataset) / "metadata.parquet")
     metrics["identity"] = similarity_report(embeddings, identities, Path(args.plots))
     metrics["identity_capacity"] = capacity_metrics(pd.read_csv(args.capacity))
     metrics["attributes"] = attribute_balance(params, args, keep_mask(deduped))
+    metrics["judge"] = judge_report(dataset_manifest.get("judge"), Path(args.plots) / "judge.csv")
     write_json_atomic(args.metrics, metrics)
     write_reason_plot(metrics, Path(args.plots) / "rejections.csv")
     scores = read_candidates(args.candidates, list(QUALITY_COLUMNS)).to_pandas()

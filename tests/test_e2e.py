@@ -97,6 +97,12 @@ def test_dataset_reads_back_consistently(built: tuple[Path, str]) -> None:
     ident = metrics["identity"]  # genuine/impostor crossing: smoke faces + random embedder measured 0.35
     assert ident["eer"] < 0.45 and ident["impostor_mean"] < ident["eer_threshold"] < ident["genuine_mean"]
     assert (repo / "reports" / "plots" / "similarity.csv").is_file()
+    judge = metrics["judge"]  # dlib on smoke faces: it cannot tell them apart (EER near chance)
+    assert judge["model"] == "dlib_resnet" and judge["classes"] == 20 and judge["impostor_pairs"] >= 1000
+    assert {"eer", "tar_at_far_1e-3", "genuine_cosine_mean", "impostor_cosine_mean"} <= set(judge)
+    card = (ds / "README.md").read_text()
+    assert "## Independent judge" in card and "cannot tell these smoke-test identities apart" in card
+    assert len((repo / "reports" / "plots" / "judge.csv").read_text().splitlines()) == 101
     for picture in ("contact_sheet.jpg", "rejected.jpg"):
         assert (repo / "reports" / picture).read_bytes()[:2] == b"\xff\xd8"
     per_identity = meta.groupby("identity").size()

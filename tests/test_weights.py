@@ -156,13 +156,16 @@ def test_tampered_file_refused_on_later_use(server: Server, tmp_path: Path) -> N
 def test_required_weights_follow_the_params(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     lock = WeightsLock(tmp_path / "lock.json")
-    assert fetch_required(small_params(), tmp_path / "w", lock) == {}  # smoke: nothing to fetch
+    judge = sorted(WEIGHTS[k].file for k in ("dlib-resnet-v1", "dlib-shape-5"))  # shipped by face_recognition_models
+    assert sorted(fetch_required(small_params(), tmp_path / "w", lock)) == judge  # smoke: nothing to download
+    assert sorted(fetch_required(small_params(judge={"model": None}), tmp_path / "w", lock)) == []
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
     server.files["20180402-114759-vggface2.pt"] = b"PK\x03\x04" + b"\x00" * 100
     params = small_params(
         generator={"model": "stylegan2-ffhq-256x256", "resolution": None}, embed={"allow_random": False}
     )
     fetched = fetch_required(params, tmp_path / "w", lock, base_url=server.url)
-    assert sorted(fetched) == ["20180402-114759-vggface2.pt", SPEC.file]
+    assert sorted(fetched) == sorted(["20180402-114759-vggface2.pt", SPEC.file, *judge])
 
 
 def test_missing_generator_weights_name_the_file_url_and_smoke(tmp_path: Path) -> None:

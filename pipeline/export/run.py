@@ -36,6 +36,7 @@ from pipeline.export.workers import (
 )
 from pipeline.faces.columns import QUALITY_COLUMNS
 from pipeline.report.card import render_card
+from pipeline.report.judge import run_judge
 from pipeline.runtime.progress import progress
 from pipeline.shards.candidates import IMAGE_COLUMNS, MANIFEST, embedding_matrix, shard_files
 from pipeline.shards.io import hashed_atomic, write_json_atomic
@@ -130,9 +131,17 @@ class WorkerPool:
         return results
 
 
-def run_export(params: Params, candidates_dir: Path, selection_path: Path, out_dir: Path) -> dict[str, Any]:
+def run_export(
+    params: Params,
+    candidates_dir: Path,
+    selection_path: Path,
+    out_dir: Path,
+    weights_dir: Path | None = None,
+    lock_path: Path | None = None,
+) -> dict[str, Any]:
     """Write the dataset into out_dir; returns its manifest. Memory: a candidate shard or an output shard
-    per worker, plus an integer or two per selected sample."""
+    per worker, plus an integer or two per selected sample. The judge (`judge.model`; its files in
+    `weights_dir` or its package, checked against `lock_path`) scores the dataset for the card."""
     cand_manifest = json.loads((candidates_dir / MANIFEST).read_text())
     selection = read_curation(selection_path, ["key", "keep", "reason", "class"])
     if selection.num_rows != int(cand_manifest["rows"]):
@@ -142,14 +151,21 @@ def run_export(params: Params, candidates_dir: Path, selection_path: Path, out_d
     spill_dir = out_dir / SPILL
     spill_dir.mkdir(parents=True)
     try:
-        manifest = _export(params, cand_manifest, candidates_dir, selection, out_dir, spill_dir)
+        manifest = _export(params, cand_manifest, candidates_dir, selection, out_dir, spill_dir, weights_dir, lock_path)
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
     return manifest
 
 
 def _export(
-    params: Params, cand_manifest: dict, candidates_dir: Path, selection: pa.Table, out_dir: Path, spill_dir: Path
+    params: Params,
+    cand_manifest: dict,
+    candidates_dir: Path,
+    selection: pa.Table,
+    out_dir: Path,
+    spill_dir: Path,
+    weights_dir: Path | None = None,
+    lock_path: Path | None = None,
 ) -> dict[str, Any]:
     ex = params.export
     keep = keep_mask(selection)
@@ -215,6 +231,10 @@ def _export(
             log.info("export: %d classes > %d: the Parquet `class` column is a plain int64, not a ClassLabel",
                      layout.classes, CLASS_LABEL_MAX)  # fmt: skip
 
+    verdict = None
+    if params.judge.model is not None and len(selected):
+        verdict = run_judge(params.judge.model, params.judge.identities, candidates_dir, out_dir / "metadata.parquet",
+                            weights_dir, lock_path)  # fmt: skip
     counts = {
         "identities": layout.classes,
         "images_per_identity": params.dataset.images_per_identity,
@@ -236,6 +256,7 @@ def _export(
         "params": params.model_dump(mode="json"),
         "code_version": code_version(),
         "smoke": params.generator.model == "smoke",
+        "judge": verdict,
     }
     with hashed_atomic(out_dir / "README.md") as fh:
         fh.write(render_card(card_info).encode())
@@ -251,6 +272,7 @@ def _export(
         "candidates_fingerprint": cand_manifest["fingerprint"],
         "params": params.model_dump(mode="json"),
         "code_version": card_info["code_version"],
+        "judge": verdict,
     }
     write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest

@@ -2,7 +2,8 @@
 
 An estimator also declares, without loading anything, the categorical attributes it labels
 (`catalog`): their classes and whether they describe a person (`identity`) or one image
-(`sample`). Balancing targets are validated against that catalog before any work starts.
+(`sample`); and its continuous ones (`continuous`), which `variation.edits` can move along.
+Balancing targets and edits are validated against them before any work starts.
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ class PoseEstimator:
     def catalog(cls, params: Params) -> dict[str, AttributeInfo]:
         return {"yaw_bin": AttributeInfo("sample", tuple(params.attributes.yaw_bins))}
 
+    @classmethod
+    def continuous(cls, params: Params) -> tuple[str, ...]:
+        return ("yaw", "pitch", "roll")
+
     def __call__(self, batch: AttributeBatch) -> dict[str, np.ndarray]:
         yaw, pitch, roll = head_pose(batch.landmarks, self.nose_depth)
         for a in (yaw, pitch, roll):
@@ -145,6 +150,10 @@ class SmokeTruthEstimator:
             "smoke_skin": AttributeInfo("identity", SKIN_BINS),
         }
 
+    @classmethod
+    def continuous(cls, params: Params) -> tuple[str, ...]:
+        return ("smoke_yaw", "smoke_pitch", "smoke_roll")
+
     def __call__(self, batch: AttributeBatch) -> dict[str, np.ndarray]:
         return self.generator.true_attributes(batch.ws)
 
@@ -160,6 +169,10 @@ class LatentEstimator:
     @classmethod
     def catalog(cls, params: Params) -> dict[str, AttributeInfo]:
         return {}
+
+    @classmethod
+    def continuous(cls, params: Params) -> tuple[str, ...]:
+        return ()
 
     def __call__(self, batch: AttributeBatch) -> dict[str, np.ndarray]:
         w = batch.ws[:, 0].float().cpu().numpy()
@@ -228,6 +241,11 @@ class ClipEstimator:
         sets = [load_prompt_set(n) for n in params.attributes.clip_attributes]
         return {s.name: AttributeInfo(s.level, tuple(s.classes)) for s in sets}
 
+    @classmethod
+    def continuous(cls, params: Params) -> tuple[str, ...]:
+        sets = [load_prompt_set(n) for n in params.attributes.clip_attributes]
+        return tuple(f"{s.name}_p_{c}" for s in sets for c in s.classes)
+
     def __call__(self, batch: AttributeBatch) -> dict[str, np.ndarray]:
         image = self.classifier.image_embeddings(batch.pixels)
         out: dict[str, np.ndarray] = {}
@@ -245,6 +263,12 @@ ATTRIBUTES.register("pose")(PoseEstimator)
 ATTRIBUTES.register("smoke")(SmokeTruthEstimator)
 ATTRIBUTES.register("latent")(LatentEstimator)
 ATTRIBUTES.register("clip")(ClipEstimator)
+
+
+def continuous_attributes(params: Params) -> list[str]:
+    """Every continuous attribute (an `attr_<name>` float column) the configured estimators write: what
+    `variation.edits` can move along."""
+    return [n for e in params.attributes.estimators for n in ATTRIBUTES.get(e).continuous(params)]  # type: ignore[attr-defined]
 
 
 def attribute_catalog(params: Params) -> dict[str, AttributeInfo]:

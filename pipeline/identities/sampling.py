@@ -1,9 +1,10 @@
 """Latents for (identity, variant) pairs: every random number comes from (seed, identity, variant) alone.
 
-Variant 0 is the identity's canonical latent. Variant v > 0 keeps the canonical latent in the
-coarse layers (who the person is) and style-mixes a fresh latent into layers
-[mix_start, mix_stop) (pose, expression, light, background for the layers chosen), optionally
-after jittering the canonical latent a little.
+Variant 0 is the identity's canonical latent (try t of it when in-shard separation drew again: see
+identities/separation.py). Variant v > 0 keeps the canonical latent, moved along calibrated directions
+in layers [edit_start, edit_stop) when `variation.edits` asks for it (identities/variation.py), and
+style-mixes a fresh latent into layers [mix_start, mix_stop) (pose, expression, light, background for
+the layers chosen), optionally after jittering the canonical latent a little.
 """
 
 from __future__ import annotations
@@ -21,9 +22,21 @@ def sample_seed(seed: int, identity: int, variant: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
+#: Random streams of one sample: identity latent, jitter, mixing latent, StyleGAN3 transform, edit targets,
+#: and the identity latent of separation try t > 0 (try 0 is the plain identity latent).
+IDENTITY, JITTER, MIX, TRANSFORM, EDIT, SEPARATION_TRY = range(6)
+
+
 def _normal(seed: int, identity: int, variant: int, stream: int, dim: int) -> np.ndarray:
     rng = np.random.default_rng([seed, identity, variant, stream])
     return rng.standard_normal(dim)
+
+
+def identity_latent(seed: int, identity: int, attempt: int, dim: int) -> np.ndarray:
+    """z of an identity: try 0 is its own latent, try t > 0 a fresh draw from (seed, identity, t)."""
+    if attempt == 0:
+        return _normal(seed, identity, 0, IDENTITY, dim)
+    return _normal(seed, identity, attempt, SEPARATION_TRY, dim)
 
 
 def make_ws(
@@ -33,28 +46,38 @@ def make_ws(
     variants: np.ndarray,
     device: torch.device,
     offsets: np.ndarray | None = None,
+    tries: np.ndarray | None = None,
+    edits: np.ndarray | None = None,
 ) -> torch.Tensor:
     """ws [N, num_ws, w_dim] for each (identity, variant) pair, on `device`.
 
     `offsets` [N, w_dim] move the identity's latent (every layer of the canonical ws, before
-    style mixing), which is how steering changes who a person is and nothing else."""
+    style mixing), which is how steering changes who a person is and nothing else. `tries` [N] pick
+    the separation try of each identity's latent (0: its own). `edits` [N, w_dim] move layers
+    [edit_start, edit_stop) of a variant (identities/variation.py)."""
     g, v = params.generator, params.variation
     seed = params.seed
-    z_id = np.stack([_normal(seed, int(i), 0, 0, generator.z_dim) for i in identities])
+    attempts = np.zeros(len(identities), np.int64) if tries is None else np.asarray(tries)
+    z_id = np.stack(
+        [identity_latent(seed, int(i), int(t), generator.z_dim) for i, t in zip(identities, attempts, strict=True)]
+    )
     jitter = np.stack(
-        [_normal(seed, int(i), int(k), 1, generator.z_dim) if k > 0 else np.zeros(generator.z_dim)
+        [_normal(seed, int(i), int(k), JITTER, generator.z_dim) if k > 0 else np.zeros(generator.z_dim)
          for i, k in zip(identities, variants, strict=True)]
     )  # fmt: skip
     z_mix = np.stack(
-        [_normal(seed, int(i), int(k), 2, generator.z_dim) for i, k in zip(identities, variants, strict=True)]
+        [_normal(seed, int(i), int(k), MIX, generator.z_dim) for i, k in zip(identities, variants, strict=True)]
     )
     z = torch.from_numpy(z_id + v.latent_jitter * jitter).to(device, torch.float32)
     ws = generator.mapping(z, None, truncation_psi=g.truncation_psi, truncation_cutoff=g.truncation_cutoff)
     if offsets is not None:
         ws = ws + torch.from_numpy(np.asarray(offsets, np.float32)).to(device)[:, None, :]
+    if edits is not None:
+        start, stop = v.edit_layers(generator.num_ws)
+        ws[:, start:stop] += torch.from_numpy(np.asarray(edits, np.float32)).to(device)[:, None, :]
     mixed = torch.from_numpy(variants > 0).to(device)
     stop = v.mix_stop or generator.num_ws
-    if v.mix_start < stop and bool(mixed.any()):
+    if v.mix and v.mix_start < stop and bool(mixed.any()):
         z_m = torch.from_numpy(z_mix).to(device, torch.float32)
         ws_mix = generator.mapping(z_m, None, truncation_psi=g.truncation_psi, truncation_cutoff=g.truncation_cutoff)
         layers = slice(v.mix_start, stop)
@@ -73,7 +96,7 @@ def input_transforms(params: Params, identities: np.ndarray, variants: np.ndarra
     out = np.tile(np.eye(3), (len(identities), 1, 1))
     for k, (i, var) in enumerate(zip(identities, variants, strict=True)):
         if var > 0:
-            rng = np.random.default_rng([params.seed, int(i), int(var), 3])
+            rng = np.random.default_rng([params.seed, int(i), int(var), TRANSFORM])
             tx, ty, angle = rng.uniform(-1, 1, 3) * [v.translate, v.translate, v.rotate]
             out[k] = np.linalg.inv(make_transform((tx, ty), angle))
     return out
@@ -85,8 +108,11 @@ def check_variation(generator: Generator, params: Params) -> list[str]:
     problems = []
     if (v.translate or v.rotate) and getattr(generator, "family", "") != "stylegan3":
         problems.append("variation.translate/rotate: need a StyleGAN3 generator (set them to 0)")
-    if v.mix_start >= n:
+    if v.mix and v.mix_start >= n:
         problems.append(f"variation.mix_start: must be < the generator's {n} layers, got {v.mix_start}")
+    start, stop = v.edit_layers(n)
+    if v.edits and start >= stop:
+        problems.append(f"variation.edit_start: must be below the edited layers' end ({stop}), got {start}")
     if v.mix_stop is not None and v.mix_stop > n:
         problems.append(f"variation.mix_stop: must be <= the generator's {n} layers, got {v.mix_stop}")
     return problems

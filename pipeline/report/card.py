@@ -25,10 +25,39 @@ def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+#: Above this equal-error rate the judge cannot tell the dataset's identities apart (0.5 = chance).
+JUDGE_CANNOT_TELL = 0.25
+
+
+def judge_section(j: dict[str, Any], smoke: bool) -> str:
+    """The independent judge's verdict: a second recognition model, never used for curation."""
+    head = (
+        f"## Independent judge\n{j['label']} (`{j['model']}`), never used for curation, on {j['samples']} "
+        f"samples of {j['classes']} classes: {j['genuine_pairs']} genuine and {j['impostor_pairs']} impostor pairs."
+    )
+    if "eer" not in j:
+        return head + " Too few pairs to score."
+    rows = [
+        ("cosine, genuine / impostor mean", f"{j['genuine_cosine_mean']:.3f} / {j['impostor_cosine_mean']:.3f}"),
+        ("distance, genuine / impostor mean", f"{j['genuine_distance_mean']:.3f} / {j['impostor_distance_mean']:.3f}"),
+        ("equal-error rate", f"{j['eer']:.3f}"),
+        ("true-accept rate at false-accept 1e-3", f"{j['tar_at_far_1e-3']:.3f}"),
+    ]
+    text = head + "\n\n" + _table(rows, ("measure", "value"))
+    if smoke:
+        text += (
+            "\n\n> A real face-recognition model cannot tell these smoke-test identities apart: the renderer's "
+            "people are not distinct faces to it, whatever the pipeline's own (random-weight) embedder decided."
+        )
+    elif j["eer"] > JUDGE_CANNOT_TELL:
+        text += f"\n\n> The judge barely tells these identities apart (equal-error rate {j['eer']:.2f}; 0.5 is chance)."
+    return text
+
+
 def render_card(info: dict[str, Any]) -> str:
     """`info`: name, generator (model, label, license, license_id, sha256), embedder_weights, counts,
     reasons, attributes {column: {value: count}}, quality {column: (p5, p50, p95)}, similarity,
-    formats, format_notes [{folder, files, reader}], shards, params, code_version, smoke."""
+    formats, format_notes [{folder, files, reader}], shards, params, code_version, smoke, judge (or None)."""
     gen = info["generator"]
     counts = info["counts"]
     front = {
@@ -111,6 +140,8 @@ def render_card(info: dict[str, Any]) -> str:
                 ("pairs", "mean"),
             )
         )
+    if info.get("judge"):
+        parts.append(judge_section(info["judge"], bool(info.get("smoke"))))
     for column, dist in sorted(info["attributes"].items()):
         total = sum(dist.values()) or 1
         rows = [(value, n, f"{100 * n / total:.1f}%") for value, n in sorted(dist.items())]

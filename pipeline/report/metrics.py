@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.curation.table import reason_counts
+from pipeline.report.verification import HISTOGRAM_EDGES, verification_rates
 from pipeline.shards.io import write_bytes_atomic
 
 
@@ -129,23 +130,29 @@ def similarity_report(
         [np.einsum("ij,ij->i", normalise(embeddings[a[lo : lo + 16_384]]), normalise(embeddings[b[lo : lo + 16_384]]))
          for lo in range(0, len(a), 16_384)] or [np.zeros(0)]
     )  # fmt: skip
-    edges = np.linspace(-1, 1, bins + 1)
+    edges = HISTOGRAM_EDGES if bins == len(HISTOGRAM_EDGES) - 1 else np.linspace(-1, 1, bins + 1)
     g_hist = np.histogram(genuine_sims, edges)[0] / max(len(genuine_sims), 1)
     i_hist = np.histogram(impostor_sims, edges)[0] / max(len(impostor_sims), 1)
     frame = pd.DataFrame({"cosine": (edges[:-1] + edges[1:]) / 2, "genuine": g_hist, "impostor": i_hist})
     write_bytes_atomic(folder / "similarity.csv", frame.to_csv(index=False, float_format="%.6g").encode())
     if not len(genuine_sims) or not len(impostor_sims):
         return {}
-    thresholds = np.linspace(-1, 1, 2001)
-    far = 1.0 - np.searchsorted(np.sort(impostor_sims), thresholds, side="right") / len(impostor_sims)
-    frr = np.searchsorted(np.sort(genuine_sims), thresholds, side="right") / len(genuine_sims)
-    k = int(np.argmin(np.abs(far - frr)))
+    rates = verification_rates(genuine_sims, impostor_sims)
     return {
         "genuine_mean": float(genuine_sims.mean()),
         "impostor_mean": float(impostor_sims.mean()),
-        "eer": float((far[k] + frr[k]) / 2),
-        "eer_threshold": float(thresholds[k]),
+        "eer": rates["eer"],
+        "eer_threshold": rates["eer_threshold"],
     }
+
+
+def judge_report(verdict: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+    """The judge's numbers for metrics.json and its genuine / impostor histograms as dvc plot data (`path`; an
+    empty table when no judge ran)."""
+    histogram = (verdict or {}).get("histogram") or {"cosine": [], "genuine": [], "impostor": []}
+    frame = pd.DataFrame(histogram)[["cosine", "genuine", "impostor"]]
+    write_bytes_atomic(path, frame.to_csv(index=False, float_format="%.6g").encode())
+    return {k: v for k, v in (verdict or {}).items() if k not in ("histogram", "label")}
 
 
 def balance_report(

@@ -1,0 +1,124 @@
+"""Identity-preserving variation: each variant moves its identity's latent along calibrated directions to a
+seeded target of each edited attribute (`variation.edits`, e.g. yaw in [-30, 30] degrees), and shrinks the
+move when the result stops looking like the person.
+
+The directions are linear regressions of a continuous attribute (attr_yaw from the landmark pose estimator, a
+CLIP probability, ...) on W, fitted by the calibrate stage on its own identities: value ~ slope * (n . w) + bias
+with n a unit vector. A move to target t from canonical w0 is (t - predicted(w0)) / slope along n, summed over
+the edited attributes. The identity check (`variation.min_identity_cosine`) compares the variant's embedding
+with its canonical's; a failing move shrinks along a grid of `variation.edit_steps` equal steps down to 0
+(each step one batched render of the variants still failing), and the variant keeps the largest scale on
+that grid that passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.identities.sampling import EDIT
+
+#: Cosines below this mean "not the same person" for the check, whatever the threshold (no face: no embedding).
+NO_FACE_COSINE = -1.0
+
+
+@dataclass(frozen=True)
+class Regression:
+    """A continuous attribute as a linear function of w: value ~ slope * (normal . w) + bias."""
+
+    attribute: str
+    normal: np.ndarray  # unit vector [w_dim]
+    slope: float  # attribute units per unit of W along `normal`
+    bias: float
+    r2: float  # on the calibration identities held out of the fit
+
+    def predict(self, w: np.ndarray) -> np.ndarray:
+        return self.slope * (np.asarray(w, np.float64) @ self.normal) + self.bias
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attribute": self.attribute,
+            "normal": [round(float(x), 7) for x in self.normal],
+            "slope": round(self.slope, 7),
+            "bias": round(self.bias, 7),
+            "r2": round(self.r2, 6),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Regression:
+        return cls(d["attribute"], np.asarray(d["normal"], np.float64), float(d["slope"]), float(d["bias"]), d["r2"])
+
+
+def fit_regression(
+    attribute: str, w: np.ndarray, values: np.ndarray, holdout: float, regularization: float
+) -> Regression | None:
+    """Ridge regression of `values` on `w` (NaN values skipped: no face); None with too few values to fit."""
+    known = np.isfinite(values)
+    x, y = np.asarray(w, np.float64)[known], np.asarray(values, np.float64)[known]
+    n_test = round(len(y) * holdout)
+    if len(y) - n_test < max(10, x.shape[1] // 4):
+        return None
+    xt, yt, xv, yv = x[: len(y) - n_test], y[: len(y) - n_test], x[len(y) - n_test :], y[len(y) - n_test :]
+    mean_x, mean_y = xt.mean(0), yt.mean()
+    xc = xt - mean_x
+    beta = np.linalg.solve(xc.T @ xc + regularization * len(yt) * np.eye(x.shape[1]), xc.T @ (yt - mean_y))
+    slope = float(np.linalg.norm(beta))
+    if slope == 0.0:
+        return None
+    bias = float(mean_y - beta @ mean_x)
+    predicted = xv @ beta + bias
+    r2 = float(1.0 - ((yv - predicted) ** 2).sum() / max(((yv - yv.mean()) ** 2).sum(), 1e-12)) if n_test else 0.0
+    return Regression(attribute, beta / slope, slope, bias, r2)
+
+
+def edit_targets(
+    seed: int,
+    edits: dict[str, tuple[float, float]],
+    identities: np.ndarray,
+    variants: np.ndarray,
+    variants_per_identity: int,
+) -> dict[str, np.ndarray]:
+    """Per sample and edited attribute, its seeded target in the range (NaN for canonicals). An identity's
+    m = variants_per_identity - 1 variants are stratified (a Latin hypercube): for each attribute they take
+    one of m equal slices of the range each, in a seeded order, at a seeded point within it, so the variants
+    of one person spread over the whole range rather than wherever m independent draws fall."""
+    names = sorted(edits)
+    m = max(variants_per_identity - 1, 1)
+    out = {name: np.full(len(identities), np.nan) for name in names}
+    strata: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for k, (i, v) in enumerate(zip(identities, variants, strict=True)):
+        if v == 0:
+            continue
+        if int(i) not in strata:
+            rng = np.random.default_rng([seed, int(i), 0, EDIT])
+            strata[int(i)] = (np.stack([rng.permutation(m) for _ in names]), rng.random((len(names), m)))
+        order, jitter = strata[int(i)]
+        for a, name in enumerate(names):
+            low, high = edits[name]
+            u = (order[a, (int(v) - 1) % m] + jitter[a, (int(v) - 1) % m]) / m
+            out[name][k] = low + (high - low) * u
+    return out
+
+
+def edit_moves(w0: np.ndarray, targets: dict[str, np.ndarray], regressions: dict[str, Regression]) -> np.ndarray:
+    """W moves [N, w_dim] taking each sample's canonical w0 to its targets (zero where a target is NaN)."""
+    moves = np.zeros(np.shape(w0), np.float64)
+    for name, target in targets.items():
+        r = regressions[name]
+        step = np.nan_to_num((target - r.predict(w0)) / r.slope)
+        moves += step[:, None] * r.normal[None, :]
+    return moves
+
+
+def edit_scales(steps: int) -> list[float]:
+    """The scales an edit tries, largest first: 1, (steps - 1) / steps, ..., 1 / steps, then 0 (no edit)."""
+    return [k / steps for k in range(steps, -1, -1)]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two embedding matrices (float16 as stored, computed in float32)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(norms > 0, (a * b).sum(1) / np.maximum(norms, 1e-12), NO_FACE_COSINE).astype(np.float32)
