@@ -68,6 +68,14 @@ class VariationParams(Section):
     min_identity_cosine: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.5
     edit_steps: Annotated[int, Field(ge=1, le=16)] = 4
 
+    @field_validator("edits", mode="before")
+    @classmethod
+    def _edits_switched_off(cls, value: Any) -> Any:
+        """An empty range ([] or false) removes an edit a preset sets (null would keep the preset's)."""
+        if isinstance(value, dict):
+            return {k: v for k, v in value.items() if v not in ([], (), False)}
+        return value
+
     @field_validator("edits")
     @classmethod
     def _edit_ranges(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:

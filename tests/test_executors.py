@@ -175,11 +175,11 @@ def test_out_of_memory_halves_the_batch_instead_of_failing(monkeypatch: pytest.M
     real = FacePass.compute
     sizes = []
 
-    def limited(self, identities, variants, offsets=None):
+    def limited(self, identities, variants, **rows):
         sizes.append(len(identities))
         if len(identities) > 3:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, identities, variants, offsets)
+        return real(self, identities, variants, **rows)
 
     monkeypatch.setattr(FacePass, "compute", limited)
     table = fp.shard_table(ShardSpec(0, 0, 3), "x", lambda n: None)

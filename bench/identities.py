@@ -1,0 +1,167 @@
+"""Benchmark: what a recognition model could learn from the identities, for the style-mixing baseline vs.
+identity-preserving edits and separation by construction, on one generator and one run.
+
+For each configuration the real calibrate, generate, filter and dedup run on the preset (smoke by default);
+then, per configuration:
+- yaw spread inside identities: the pooled within-identity standard deviation of attr_yaw over candidates
+  (and the mean of per-identity deviations), against a uniform spread over the edit range;
+- drift / near-copy / duplicate-identity rejections, and the duplicate rate (identities dropped as look-alikes);
+- genuine and impostor cosines of the kept samples with the curation embedder, and with the independent judge
+  (dlib) on a seeded choice of kept identities: means and equal-error rates;
+- generation cost: seconds and renders per candidate (tries and shrinking steps render again) and per
+  kept identity (one with at least dataset.images_per_identity samples after dedup).
+
+    uv run python bench/identities.py                       # smoke: baseline, edit, edit+separation, mix+separation
+    uv run python bench/identities.py --configs baseline,edit --judge-identities 30
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# The repo root, not bench/, first on the path: bench/pipeline.py would shadow the `pipeline` package.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+
+from pipeline.calibrate import run_calibrate
+from pipeline.config import load_params
+from pipeline.curation.dedup import run_dedup
+from pipeline.curation.filter import run_filter
+from pipeline.generate import run_generate
+from pipeline.identities.variation import edit_scales
+from pipeline.plugins import check_plugins
+from pipeline.report.judge import JUDGES, candidate_images, judge_dataset
+from pipeline.report.verification import verification_rates
+
+YAW = (-30.0, 30.0)
+CONFIGS: dict[str, dict[str, Any]] = {
+    "baseline": {"variation": {"mix": True, "edits": {"yaw": []}}},  # the preset's style mixing
+    "edit": {"variation": {"mix": False, "edits": {"yaw": list(YAW)}}},
+    "edit+separation": {"variation": {"mix": False, "edits": {"yaw": list(YAW)}}, "identities": {"separation": 0.95}},
+    "mix+separation": {"variation": {"mix": True, "edits": {"yaw": []}}, "identities": {"separation": 0.95}},
+}
+
+
+def candidates(folder: Path, columns: list[str]) -> pd.DataFrame:
+    parts = [pq.read_table(p, columns=[c for c in columns if c in pq.read_schema(p).names]).to_pandas()
+             for p in sorted(folder.glob("shard-*.parquet"))]  # fmt: skip
+    return pd.concat(parts, ignore_index=True)
+
+
+def yaw_spread(frame: pd.DataFrame) -> tuple[float, float]:
+    """Pooled within-identity standard deviation of attr_yaw, and the mean of per-identity deviations."""
+    f = frame.dropna(subset=["attr_yaw"])
+    deviation = f["attr_yaw"] - f.groupby("identity")["attr_yaw"].transform("mean")
+    pooled = float(np.sqrt((deviation**2).sum() / max(len(f) - f["identity"].nunique(), 1)))
+    return pooled, float(f.groupby("identity")["attr_yaw"].std(ddof=0).mean())
+
+
+def cosine_rates(embeddings: np.ndarray, identities: np.ndarray) -> dict[str, float]:
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    i, j = np.triu_indices(len(unit), 1)
+    cos = np.einsum("ij,ij->i", unit[i], unit[j])
+    same = identities[i] == identities[j]
+    return {"genuine": float(cos[same].mean()), "impostor": float(cos[~same].mean()),
+            **verification_rates(cos[same], cos[~same])}  # fmt: skip
+
+
+def run(name: str, overrides: dict[str, Any], preset: str, root: Path, judge_identities: int) -> dict[str, Any]:
+    work = root / name.replace("+", "_")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "params.yaml").write_text(yaml.safe_dump({"preset": preset, **overrides}))
+    params = check_plugins(load_params(work / "params.yaml"))
+    start = time.perf_counter()
+    run_calibrate(params, work / "calibration")
+    calibrate_s = time.perf_counter() - start
+    start = time.perf_counter()
+    run_generate(params, work / "candidates", calibration=work / "calibration")
+    generate_s = time.perf_counter() - start
+    run_filter(work / "candidates", params.filter, work / "filter.parquet")
+    run_dedup(work / "candidates", work / "filter.parquet", params.dedup, work / "dedup.parquet")
+    cols = ["key", "identity", "variant", "attr_yaw", "embedding", "box", "edit_scale", "sep_try"]
+    cand = candidates(work / "candidates", cols)
+    dedup = pq.read_table(work / "dedup.parquet", columns=["key", "keep", "reason"]).to_pandas()
+    cand = cand.merge(dedup, on="key")
+    reasons = cand[~cand["keep"]]["reason"].value_counts()
+    kept = cand[cand["keep"]]
+    per_identity = kept.groupby("identity").size()
+    kept_ids = per_identity[per_identity >= params.dataset.images_per_identity].index.to_numpy()
+    duplicates = cand[cand["reason"] == "duplicate_identity"]["identity"].nunique()
+    renders = len(cand)
+    if "edit_scale" in cand:
+        grid = edit_scales(params.variation.edit_steps)
+        steps = cand.loc[cand["variant"] > 0, "edit_scale"].map({s: k for k, s in enumerate(grid)})
+        renders += int(steps.sum())  # a variant kept at grid step k was rendered k times before
+    if "sep_try" in cand:
+        renders += int(cand.loc[cand["variant"] == 0, "sep_try"].sum())  # at least the failed tries
+    pooled, mean_sd = yaw_spread(cand)
+    emb = np.stack(kept[kept["identity"].isin(kept_ids)]["embedding"].to_numpy()).astype(np.float32)
+    curation = cosine_rates(emb, kept[kept["identity"].isin(kept_ids)]["identity"].to_numpy())
+    chosen = np.sort(np.random.default_rng(0).choice(kept_ids, min(judge_identities, len(kept_ids)), replace=False))
+    sample = kept[kept["identity"].isin(chosen)]
+    import pyarrow as pa
+
+    table = pa.table({"key": sample["key"].tolist(), "class": sample["identity"].to_numpy(),
+                      "box": [list(b) for b in sample["box"]]})  # fmt: skip
+    verdict = judge_dataset(JUDGES.create("dlib_resnet"), table, candidate_images(work / "candidates", set(table["key"].to_pylist())))
+    return {
+        "config": name,
+        "yaw_sd_pooled": pooled,
+        "yaw_sd_mean": mean_sd,
+        "drift": int(reasons.get("drift", 0)),
+        "near_copy": int(reasons.get("near_copy", 0)),
+        "duplicate_identity": int(reasons.get("duplicate_identity", 0)),
+        "duplicate_rate": duplicates / cand["identity"].nunique(),
+        "kept_identities": len(kept_ids),
+        "curation": curation,
+        "judge": verdict,
+        "calibrate_s": calibrate_s,
+        "generate_s": generate_s,
+        "renders_per_candidate": renders / len(cand),
+        "s_per_kept_identity": generate_s / max(len(kept_ids), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="smoke")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--judge-identities", type=int, default=20)
+    parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("SYNTHFACES_NO_PROGRESS", "1")
+    root = args.work or Path(tempfile.mkdtemp(prefix="identities-"))
+    uniform = (YAW[1] - YAW[0]) / np.sqrt(12)
+    print(f"preset {args.preset}; uniform spread over {YAW} deg: sd {uniform:.1f} (0.8x = {0.8 * uniform:.1f})")
+    header = (f"{'config':16s} {'yaw sd':>7s} {'(mean)':>7s} {'drift':>6s} {'near':>5s} {'dup':>5s} {'dup %':>6s} "
+              f"{'kept ids':>8s} {'emb gen/imp':>12s} {'emb EER':>7s} {'judge gen/imp':>14s} {'judge EER':>9s} "
+              f"{'renders':>7s} {'s/kept id':>9s}")  # fmt: skip
+    print(header)
+    for name in args.configs.split(","):
+        r = run(name, CONFIGS[name], args.preset, root, args.judge_identities)
+        c, j = r["curation"], r["judge"]
+        print(f"{name:16s} {r['yaw_sd_pooled']:7.1f} {r['yaw_sd_mean']:7.1f} {r['drift']:6d} {r['near_copy']:5d} "
+              f"{r['duplicate_identity']:5d} {100 * r['duplicate_rate']:5.1f}% {r['kept_identities']:8d} "
+              f"{c['genuine']:5.2f}/{c['impostor']:5.2f} {c['eer']:7.3f} "
+              f"{j.get('genuine_cosine_mean', float('nan')):6.3f}/{j.get('impostor_cosine_mean', float('nan')):6.3f} "
+              f"{j.get('eer', float('nan')):9.3f} {r['renders_per_candidate']:7.2f} {r['s_per_kept_identity']:9.3f}",
+              flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
