@@ -117,7 +117,9 @@ def run(name: str, overrides: dict[str, Any], preset: str, root: Path, judge_ide
 
     table = pa.table({"key": sample["key"].tolist(), "class": sample["identity"].to_numpy(),
                       "box": [list(b) for b in sample["box"]]})  # fmt: skip
-    verdict = judge_dataset(JUDGES.create("dlib_resnet"), table, candidate_images(work / "candidates", set(table["key"].to_pylist())))
+    verdict = judge_dataset(
+        JUDGES.create("dlib_resnet"), table, candidate_images(work / "candidates", set(table["key"].to_pylist()))
+    )
     return {
         "config": name,
         "yaw_sd_pooled": pooled,

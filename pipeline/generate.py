@@ -27,7 +27,7 @@ from pipeline.generators import load_models
 from pipeline.generators.synthesis import synthesize, to_uint8
 from pipeline.identities.sampling import check_variation, input_transforms, make_ws, sample_seed
 from pipeline.identities.separation import separate
-from pipeline.identities.variation import cosines, edit_moves, edit_scales, edit_targets
+from pipeline.identities.variation import cosines, edit_moves, edit_scales, edit_targets, shrink
 from pipeline.runtime.device import (
     apply_threads,
     autocast,
@@ -356,28 +356,23 @@ class FacePass:
         w0 = w0[:, p.variation.edit_layers(self.generator.num_ws)[0]].float().cpu().numpy()
         targets = edit_targets(p.seed, dict(p.variation.edits), vids, vvar, variants_per)
         moves = edit_moves(w0[slot], targets, self.regressions)
-        pending = np.arange(len(vids))
-        for scale in edit_scales(p.variation.edit_steps):
-            failed = []
+
+        def evaluate(rows: np.ndarray, scale: float) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
             lo = 0
-            moved = {k: v[pending] for k, v in vsteer.items()}
+            moved = {k: v[rows] for k, v in vsteer.items()}
             for columns in self._device_rows(
-                vids[pending], vvar[pending], tries=tries[slot[pending]], edits=moves[pending] * scale, **moved
+                vids[rows], vvar[rows], tries=tries[slot[rows]], edits=moves[rows] * scale, **moved
             ):
-                rows = pending[lo : lo + len(columns["key"])]
-                lo += len(rows)
-                cos = cosines(np.stack(columns["embedding"]), canonical_embeddings[slot[rows]])
-                ok = (cos >= p.variation.min_identity_cosine) | (scale == 0.0)
-                failed.append(rows[~ok])
-                keep = np.flatnonzero(ok)
-                if len(keep):
-                    extra = {k: v[rows[keep]] for k, v in vsep.items()} | self._edit_columns(
-                        np.full(len(keep), scale), cos[keep], {a: t[rows[keep]] for a, t in targets.items()}
-                    )
-                    yield _select(columns, keep) | extra
-            pending = np.concatenate(failed) if failed else pending[:0]
-            if not len(pending):
-                break
+                batch = rows[lo : lo + len(columns["key"])]
+                lo += len(batch)
+                yield batch, cosines(np.stack(columns["embedding"]), canonical_embeddings[slot[batch]]), columns
+
+        steps = edit_scales(p.variation.edit_steps)
+        for rows, scale, cos, columns, kept in shrink(len(vids), steps, p.variation.min_identity_cosine, evaluate):
+            extra = {k: v[rows] for k, v in vsep.items()} | self._edit_columns(
+                np.full(len(rows), scale), cos, {a: t[rows] for a, t in targets.items()}
+            )
+            yield _select(columns, kept) | extra
 
     @staticmethod
     def _edit_columns(scale: np.ndarray, cosine: np.ndarray, targets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

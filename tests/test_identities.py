@@ -23,6 +23,7 @@ from pipeline.identities.variation import (
     edit_scales,
     edit_targets,
     fit_regression,
+    shrink,
 )
 from pipeline.shards.candidates import ShardSpec
 
@@ -101,6 +102,40 @@ def test_targets_are_seeded_and_stratified_over_the_range(seed: int, variants: i
     np.testing.assert_array_equal(t, edit_targets(seed, {"yaw": (low, low + width)}, ids, var, variants)["yaw"])
     alone = edit_targets(seed, {"yaw": (low, low + width)}, ids[var > 0][:2], var[var > 0][:2], variants)["yaw"]
     np.testing.assert_array_equal(alone, t[var > 0][:2])  # a sample's target does not depend on its batch
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 30), steps=st.integers(1, 6), threshold=st.floats(-1, 1), seed=st.integers(0, 2**32),
+    batch=st.integers(1, 7),
+)  # fmt: skip
+def test_shrink_keeps_the_largest_passing_scale_for_any_identity_function(
+    n: int, steps: int, threshold: float, seed: int, batch: int
+) -> None:
+    """Whatever cosine a (generator, embedder) pair gives each edit at each scale, every row ends at the largest
+    grid scale that meets the threshold (0 when none does), rendered only until then, in any batching."""
+    rng = np.random.default_rng(seed)
+    grid = edit_scales(steps)
+    table = {(r, s): float(rng.uniform(-1, 1)) for r in range(n) for s in grid}
+    rendered: list[tuple[int, float]] = []
+
+    def evaluate(rows: np.ndarray, scale: float):  # type: ignore[no-untyped-def]
+        for lo in range(0, len(rows), batch):
+            part = rows[lo : lo + batch]
+            rendered.extend((int(r), scale) for r in part)
+            yield part, np.array([table[(int(r), scale)] for r in part], np.float32), None
+
+    got = {}
+    for rows, scale, cos, _, kept in shrink(n, grid, threshold, evaluate):
+        assert len(kept) == len(rows)
+        for r, c in zip(rows, cos, strict=True):
+            assert int(r) not in got
+            got[int(r)] = (scale, float(c))
+    assert sorted(got) == list(range(n))
+    for r, (scale, c) in got.items():
+        expected = next((s for s in grid if np.float32(table[(r, s)]) >= np.float32(threshold)), 0.0)
+        assert scale == expected and (c >= np.float32(threshold) or scale == 0.0)
+        assert [s for rr, s in rendered if rr == r] == [s for s in grid if s >= scale]
 
 
 def sequential_separation(emb: np.ndarray, tries: int, threshold: float) -> tuple[list[int], int]:
@@ -238,6 +273,15 @@ def test_edit_and_separation_params_are_checked_before_any_work() -> None:
         small_params(
             identities={"separation": 0.5}, balance={"mode": "steer", "targets": {"smoke_hair": {"light": 0.5}}}
         )
+
+
+def test_an_empty_range_switches_a_presets_edit_off(tmp_path: Path) -> None:
+    from pipeline.config import load_params
+
+    (tmp_path / "params.yaml").write_text("preset: smoke\nvariation:\n  edits:\n    yaw: []\n    pitch: null\n")
+    assert load_params(tmp_path / "params.yaml").variation.edits == {}
+    (tmp_path / "params.yaml").write_text("preset: smoke\nvariation:\n  edits:\n    yaw: null\n")
+    assert load_params(tmp_path / "params.yaml").variation.edits == {"yaw": (-30.0, 30.0)}  # null: the preset's
 
 
 def test_regression_round_trips_through_json() -> None:

@@ -13,6 +13,7 @@ that grid that passes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +116,30 @@ def edit_moves(w0: np.ndarray, targets: dict[str, np.ndarray], regressions: dict
 def edit_scales(steps: int) -> list[float]:
     """The scales an edit tries, largest first: 1, (steps - 1) / steps, ..., 1 / steps, then 0 (no edit)."""
     return [k / steps for k in range(steps, -1, -1)]
+
+
+def shrink(
+    n: int,
+    scales: list[float],
+    threshold: float,
+    evaluate: Callable[[np.ndarray, float], Iterator[tuple[np.ndarray, np.ndarray, Any]]],
+) -> Iterator[tuple[np.ndarray, float, np.ndarray, Any, np.ndarray]]:
+    """The largest scale on `scales` (descending, ending at 0) at which each of n edits keeps its identity.
+
+    `evaluate(rows, scale)` renders those rows at that scale and yields (rows, cosines, payload) batch by
+    batch. Yields (rows kept, scale, their cosines, the batch's payload, the kept positions within the batch)
+    as soon as a batch is judged; a row failing every scale but 0 is kept at 0 whatever its cosine."""
+    pending = np.arange(n)
+    for scale in scales:
+        failed = []
+        for rows, cos, payload in evaluate(pending, scale):
+            ok = (cos >= threshold) | (scale == 0.0)
+            failed.append(rows[~ok])
+            if ok.any():
+                yield rows[ok], scale, cos[ok], payload, np.flatnonzero(ok)
+        pending = np.concatenate(failed) if failed else pending[:0]
+        if not len(pending):
+            return
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
