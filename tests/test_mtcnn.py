@@ -191,6 +191,20 @@ def test_face_stack_dispatches_at_most_15_ops_per_image_and_4_host_round_trips()
     pixels = smoke_pixels(256, 64)
     analyzer = FaceAnalyzer(validate_params({"embed": {"allow_random": True}}), torch.device("cpu"), 256)
     analyzer(pixels)  # builds the per-size tables
-    ops, trips = count_dispatch(lambda: analyzer(pixels))
+    ops, trips, host_data = count_dispatch(lambda: analyzer(pixels), host_data=True)
     assert ops / 64 <= 15, ops
     assert trips <= 4, trips
+    assert host_data == 0  # no tensor made from host values mid-pass (on a GPU that waits for the device)
+
+
+@pytest.mark.gpu
+def test_batched_mtcnn_on_cuda_agrees_with_facenet_on_the_cpu() -> None:
+    """The same faces on a GPU: the summed-area table, slots and NMS rounds run as CUDA kernels."""
+    pixels = smoke_pixels(256, 64)
+    ours = resolve(BatchedMTCNN(256, device="cuda", min_face_size=51, count_min_prob=0.0), pixels.cuda())
+    reference = FacenetMTCNN(256, min_face_size=51, count_min_prob=0.0)(pixels)
+    assert_same_faces(FaceBoxes(ours.packed.cpu()), reference)
+    detector, on_device = BatchedMTCNN(256, device="cuda", min_face_size=51), pixels.cuda()
+    detector(on_device)
+    _, trips = count_dispatch(lambda: detector(on_device))
+    assert trips == 0

@@ -63,6 +63,17 @@ class Aligner:
         self.centres = torch.complex(c[None, :].expand(size, size), c[:, None].expand(size, size)).flatten()
         self.taps = torch.arange(2, device=device)
         self.device = torch.device(device)
+        self._frames: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _frame_constants(self, b: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per frame size, built once: tensors made from host values mid-pass would stall the host on a GPU."""
+        key = (b, h, w)
+        if key not in self._frames:
+            limit = torch.tensor([[w], [h]], device=self.device)
+            stride = torch.tensor([[1], [w]], device=self.device)
+            base = (torch.arange(b, device=self.device) * (h * w))[:, None, None, None]
+            self._frames[key] = (limit, stride, base)
+        return self._frames[key]
 
     def fit(self, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """landmarks [B, 5, 2] (frame pixels) -> z, t (crop = z * frame + t) and the residual [B] in crop px."""
@@ -85,14 +96,10 @@ class Aligner:
         low = pos.floor()
         frac = pos - low
         corner = low.to(torch.int64)[..., None] + self.taps  # [B, S*S, 2 (x, y), 2 (tap)]
-        limit = torch.tensor([[w], [h]], device=frames.device)
+        limit, stride, base = self._frame_constants(b, h, w)
         weight = torch.stack([1.0 - frac, frac], -1) * ((corner >= 0) & (corner < limit))
-        corner = torch.minimum(corner.clamp_min(0), limit - 1) * torch.tensor([[1], [w]], device=frames.device)
-        index = (
-            corner[:, :, 1, :, None]
-            + corner[:, :, 0, None, :]
-            + (torch.arange(b, device=frames.device) * (h * w))[:, None, None, None]
-        )
+        corner = torch.minimum(corner.clamp_min(0), limit - 1) * stride
+        index = corner[:, :, 1, :, None] + corner[:, :, 0, None, :] + base
         weight = weight[:, :, 1, :, None] * weight[:, :, 0, None, :]  # [B, S*S, 2 (y), 2 (x)]
         taps = frames.reshape(-1, c).index_select(0, index.flatten()).view(b, -1, 4, c).to(torch.float32)
         return (taps * weight.view(b, -1, 4, 1)).sum(2).view(b, self.size, self.size, c)

@@ -40,10 +40,21 @@ def geometry_scores(
     }
 
 
+_ON_DEVICE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The luma weights and the Laplacian on `device`, copied once (a copy mid-pass stalls the host on a GPU)."""
+    if device not in _ON_DEVICE:
+        _ON_DEVICE[device] = (_LUMA.to(device), _LAPLACIAN.to(device))
+    return _ON_DEVICE[device]
+
+
 def pixel_scores(crops: torch.Tensor) -> torch.Tensor:
     """Sharpness, brightness and clipped share (PIXEL_SCORES) of [B, S, S, 3] uint8 aligned crops: [B, 3]."""
-    luma = (crops.to(torch.float32) @ _LUMA.to(crops.device))[:, None]  # [B, 1, S, S], 0-255
-    sharpness = F.conv2d(luma, _LAPLACIAN.to(luma.device)).flatten(1).var(1)
+    luma_weights, laplacian = _constants(crops.device)
+    luma = (crops.to(torch.float32) @ luma_weights)[:, None]  # [B, 1, S, S], 0-255
+    sharpness = F.conv2d(luma, laplacian).flatten(1).var(1)
     s = luma.shape[-1]
     centre = luma[:, 0, s // 4 : s - s // 4, s // 4 : s - s // 4].flatten(1)
     clipped = ((centre <= 2.0) | (centre >= 253.0)).to(torch.float32).mean(1)

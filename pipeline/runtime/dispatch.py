@@ -16,17 +16,25 @@ SYNC_OPS = frozenset({"aten::_local_scalar_dense", "aten::nonzero", "aten::maske
 HOST_METHODS = frozenset({"cpu", "numpy", "tolist", "item"})
 
 
+#: Ops that bring host data into a tensor (`torch.tensor(...)`): mid-pass on a GPU, a copy from pageable host
+#: memory waits for the device first.
+HOST_DATA_OPS = frozenset({"aten::lift_fresh", "aten::lift_fresh_copy"})
+
+
 class OpCounter(TorchDispatchMode):
-    """Counts every dispatched aten op (views included) and the ones that synchronise with the host."""
+    """Counts every dispatched aten op (views included), the ones that synchronise with the host, and the ones
+    that bring host data in."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops = 0
         self.syncs = 0
+        self.host_data = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         self.ops += 1
         self.syncs += func._schema.name in SYNC_OPS
+        self.host_data += func._schema.name in HOST_DATA_OPS
         return func(*args, **(kwargs or {}))
 
 
@@ -42,9 +50,10 @@ class HostCopies(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_dispatch(fn: Callable[[], Any]) -> tuple[int, int]:
-    """(ops dispatched, host round trips) of one call of `fn`. An `.item()` counts once even though it both
-    is a host method and dispatches `_local_scalar_dense`."""
+def count_dispatch(fn: Callable[[], Any], host_data: bool = False) -> tuple[int, ...]:
+    """(ops dispatched, host round trips) of one call of `fn`, and with `host_data` the tensors it made from
+    host values."""
     with HostCopies() as copies, OpCounter() as ops:
         fn()
-    return ops.ops, ops.syncs + copies.count
+    counts = (ops.ops, ops.syncs + copies.count)
+    return (*counts, ops.host_data) if host_data else counts
