@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
@@ -43,8 +44,9 @@ from pipeline.curation.filter import run_filter
 from pipeline.generate import run_generate
 from pipeline.identities.variation import edit_scales
 from pipeline.plugins import check_plugins
-from pipeline.report.judge import JUDGES, candidate_images, judge_dataset
+from pipeline.report.judge import JUDGES, judge_dataset, pair_scores
 from pipeline.report.verification import verification_rates
+from pipeline.shards.candidates import candidate_images
 
 YAW = (-30.0, 30.0)
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -70,12 +72,12 @@ def yaw_spread(frame: pd.DataFrame) -> tuple[float, float]:
 
 
 def cosine_rates(embeddings: np.ndarray, identities: np.ndarray) -> dict[str, float]:
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    i, j = np.triu_indices(len(unit), 1)
-    cos = np.einsum("ij,ij->i", unit[i], unit[j])
-    same = identities[i] == identities[j]
-    return {"genuine": float(cos[same].mean()), "impostor": float(cos[~same].mean()),
-            **verification_rates(cos[same], cos[~same])}  # fmt: skip
+    genuine, impostor, _, _ = pair_scores(embeddings, identities)
+    return {
+        "genuine": float(genuine.mean()),
+        "impostor": float(impostor.mean()),
+        **verification_rates(genuine, impostor),
+    }
 
 
 def run(name: str, overrides: dict[str, Any], preset: str, root: Path, judge_identities: int) -> dict[str, Any]:
@@ -113,8 +115,6 @@ def run(name: str, overrides: dict[str, Any], preset: str, root: Path, judge_ide
     curation = cosine_rates(emb, kept[kept["identity"].isin(kept_ids)]["identity"].to_numpy())
     chosen = np.sort(np.random.default_rng(0).choice(kept_ids, min(judge_identities, len(kept_ids)), replace=False))
     sample = kept[kept["identity"].isin(chosen)]
-    import pyarrow as pa
-
     table = pa.table({"key": sample["key"].tolist(), "class": sample["identity"].to_numpy(),
                       "box": [list(b) for b in sample["box"]]})  # fmt: skip
     verdict = judge_dataset(

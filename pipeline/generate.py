@@ -254,16 +254,14 @@ class FacePass:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 identities, variants = identities[: self.batch_size], variants[: self.batch_size]
-                rows = {k: None if v is None else v[: self.batch_size] for k, v in rows.items()}
+                rows = _rows(rows, slice(0, self.batch_size))
 
     def _device_rows(self, ids: np.ndarray, var: np.ndarray, **rows: np.ndarray | None) -> Iterator[dict[str, Any]]:
         """The device halves of all pairs, batch by batch (not encoded)."""
         lo = 0
         while lo < len(ids):
             part = slice(lo, lo + self.batch_size)
-            columns = self.fitted_batch(
-                ids[part], var[part], **{k: None if v is None else v[part] for k, v in rows.items()}
-            )
+            columns = self.fitted_batch(ids[part], var[part], **_rows(rows, part))
             lo += len(columns["key"])
             yield columns
 
@@ -417,6 +415,11 @@ def _concat(chunks: list[Any]) -> Any:
 
 def _concat_columns(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: _concat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _rows(rows: dict[str, np.ndarray | None], part: slice) -> dict[str, np.ndarray | None]:
+    """A slice of make_ws's per-sample arrays (None stays None)."""
+    return {k: None if v is None else v[part] for k, v in rows.items()}
 
 
 def _select(columns: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from pipeline.report.metrics import (
     write_quality_histograms,
     write_reason_plot,
 )
-from pipeline.shards.candidates import MANIFEST, candidate_columns, read_candidates, shard_files
+from pipeline.shards.candidates import MANIFEST, candidate_columns, candidate_images, read_candidates
 from pipeline.shards.io import write_bytes_atomic, write_json_atomic
 
 
@@ -73,14 +73,7 @@ def write_pictures(selection: pa.Table, candidates: Path, dataset: Path, folder:
     """rejected.jpg (examples per rejection reason) and contact_sheet.jpg (first classes x their samples).
     Only the shards holding an example are read, and only those rows' images."""
     rejected = selection.filter(pc.invert(selection.column("keep"))).select(["key", "reason"]).to_pandas()
-    wanted = set(rejected.sort_values("key").groupby("reason")["key"].head(per_reason))
-    images: dict[str, bytes] = {}
-    for path in shard_files(candidates):
-        keys = pq.read_table(path, columns=["key"]).column("key")
-        rows = [i for i, k in enumerate(keys.to_pylist()) if k in wanted]
-        if rows:
-            table = pq.read_table(path, columns=["key", "image"]).take(pa.array(rows))
-            images.update(zip(table.column("key").to_pylist(), table.column("image").to_pylist(), strict=True))
+    images = candidate_images(candidates, set(rejected.sort_values("key").groupby("reason")["key"].head(per_reason)))
     sheet = contact_sheet(rejected_rows(rejected.assign(keep=False), images, per_reason), columns=per_reason)
     write_bytes_atomic(folder / "rejected.jpg", sheet_bytes(sheet))
     preview(dataset, rows=8, out=folder / "contact_sheet.jpg")

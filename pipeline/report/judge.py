@@ -24,6 +24,7 @@ from PIL import Image
 from pipeline.errors import PipelineError
 from pipeline.registry import Registry
 from pipeline.report.verification import HISTOGRAM_EDGES, verification_rates
+from pipeline.shards.candidates import candidate_images
 from pipeline.weights import WEIGHTS, WeightsLock, find_judge_file, verify
 
 log = logging.getLogger(__name__)
@@ -135,20 +136,6 @@ def judge_dataset(judge: Judge, samples: pa.Table, images: dict[str, bytes]) -> 
         },
     }
     return out
-
-
-def candidate_images(candidates: Path, keys: set[str]) -> dict[str, bytes]:
-    """The full candidate images of `keys`, reading only the shards that hold one and only those rows."""
-    from pipeline.shards.candidates import shard_files
-
-    images: dict[str, bytes] = {}
-    for path in shard_files(candidates):
-        shard_keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
-        rows = [i for i, k in enumerate(shard_keys) if k in keys]
-        if rows:
-            table = pq.read_table(path, columns=["key", "image"]).take(pa.array(rows))
-            images.update(zip(table.column("key").to_pylist(), table.column("image").to_pylist(), strict=True))
-    return images
 
 
 def run_judge(

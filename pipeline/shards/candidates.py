@@ -214,6 +214,19 @@ def read_candidates(folder: str | Path, columns: list[str] | None = None) -> pa.
     return pa.concat_tables(tables) if tables else candidate_schema([]).empty_table()
 
 
+def candidate_images(folder: str | Path, keys: set[str], column: str = "image") -> dict[str, bytes]:
+    """`column` (the full image by default) of the candidates in `keys`, reading only the shards that hold one
+    and only those rows."""
+    images: dict[str, bytes] = {}
+    for path in shard_files(folder):
+        shard_keys = pq.read_table(path, columns=["key"]).column("key").to_pylist()
+        rows = [i for i, k in enumerate(shard_keys) if k in keys]
+        if rows:
+            table = pq.read_table(path, columns=["key", column]).take(pa.array(rows))
+            images.update(zip(table.column("key").to_pylist(), table.column(column).to_pylist(), strict=True))
+    return images
+
+
 def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A fixed-size-list column as one [rows, dim] numpy array, without a Python object per row."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
