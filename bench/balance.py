@@ -32,7 +32,7 @@ from pipeline.curation.balance import BalanceError, select
 from pipeline.curation.dedup import DEDUP_COLUMNS, dedup_frame
 from pipeline.curation.filter import FILTER_COLUMNS, apply_filter
 from pipeline.faces.attributes import attribute_catalog, balance_targets
-from pipeline.generate import run_generate
+from pipeline.generate.driver import run_generate
 from pipeline.plugins import check_plugins
 from pipeline.shards.candidates import read_candidates
 
@@ -48,7 +48,7 @@ def curated(params, out: Path, calibration: Path | None):
 
 def needed(curation, params, step: int) -> int | None:
     """Smallest identity prefix (in steps) from which the targets are met, None if even all fall short."""
-    catalog, targets = attribute_catalog(params), balance_targets(params)
+    catalog, targets = attribute_catalog(params.attributes), balance_targets(params.attributes, params.balance)
     total = int(curation["identity"].max()) + 1
     for n in range(params.dataset.identities, total + 1, step):
         try:

@@ -34,7 +34,7 @@ from bench.generator import CONFIGS
 from pipeline.config import validate_params
 from pipeline.faces.analyze import FaceAnalyzer
 from pipeline.faces.detect import FacenetMTCNN
-from pipeline.generators.stylegan2 import Discriminator
+from pipeline.generators.stylegan2_discriminator import Discriminator
 from pipeline.runtime.device import autocast
 from pipeline.runtime.dispatch import count_dispatch
 
@@ -87,7 +87,7 @@ def main() -> None:
     for net in (g, d):
         net.requires_grad_(False)
     params = validate_params({"embed": {"allow_random": True}})
-    analyzer = FaceAnalyzer(params, device, res)
+    analyzer = FaceAnalyzer(params.detect, params.align, params.embed, device, res)
     reference = FacenetMTCNN(res, device=device, min_face_size=analyzer.detector.min_face_size)
     with torch.no_grad():
         ws = g.mapping(torch.randn(b, g.z_dim, device=device), None, truncation_psi=0.7)

@@ -34,7 +34,7 @@ from pipeline.config import deep_merge, validate_params
 from pipeline.faces.analyze import FaceAnalyzer
 from pipeline.generators import load_generator
 from pipeline.generators.synthesis import to_uint8
-from pipeline.identities.sampling import make_ws
+from pipeline.identities.sampling import Latents
 
 
 def faces(resolution: int, n: int, device: torch.device) -> torch.Tensor:
@@ -42,7 +42,8 @@ def faces(resolution: int, n: int, device: torch.device) -> torch.Tensor:
     g = load_generator("smoke", device, resolution=resolution)
     ids = np.arange(n)
     with torch.no_grad():
-        return to_uint8(g.synthesis(make_ws(g, params, ids, np.zeros_like(ids), device))).permute(0, 2, 3, 1)
+        ws = Latents(g, params.seed, params.generator, params.variation, device).ws(ids, np.zeros_like(ids))
+        return to_uint8(g.synthesis(ws)).permute(0, 2, 3, 1)
 
 
 def rate(analyzer: FaceAnalyzer, pixels: torch.Tensor, batch: int, device: torch.device) -> tuple[float, float]:
@@ -112,7 +113,7 @@ def main() -> None:
         ]
         for label, override in rows:
             params = validate_params(deep_merge({"embed": {"allow_random": True}}, override))
-            analyzer = FaceAnalyzer(params, device, res)
+            analyzer = FaceAnalyzer(params.detect, params.align, params.embed, device, res)
             r, found = rate(analyzer, pixels, batch, device)
             print(f"{res:>6} {label:<32} {r:10.2f} {found:6.0%}")
 

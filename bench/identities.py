@@ -41,7 +41,7 @@ from pipeline.calibrate import run_calibrate
 from pipeline.config import load_params
 from pipeline.curation.dedup import run_dedup
 from pipeline.curation.filter import run_filter
-from pipeline.generate import run_generate
+from pipeline.generate.driver import run_generate
 from pipeline.identities.variation import edit_scales
 from pipeline.plugins import check_plugins
 from pipeline.report.judge import JUDGES, judge_dataset, pair_scores

@@ -31,14 +31,17 @@ import torch
 from PIL import Image
 
 from pipeline.config import CONFIGS_DIR, _read_yaml, deep_merge, validate_params
-from pipeline.generate import FacePass
+from pipeline.generate.device_pass import DevicePass
+from pipeline.generate.models import DeviceModels
 from pipeline.generators import load_generator
 from pipeline.generators.checkpoint import save_checkpoint
 from pipeline.generators.synthesis import synthesize, to_uint8
 from pipeline.runtime.device import synthesis_batch
+from pipeline.weights import WeightsStore
 
 #: The random checkpoints are locked here, never in the repository's weights.lock.json.
 BENCH_LOCK = Path(tempfile.gettempdir()) / "synthfaces-bench-weights.lock.json"
+BENCH_WEIGHTS = WeightsStore(lock_path=BENCH_LOCK)
 
 
 def params_for(model: str, identities: int, variants: int, shard: int, device: str, precision: str, batch: int):
@@ -57,7 +60,7 @@ def params_for(model: str, identities: int, variants: int, shard: int, device: s
 
 def generator_alone(params, images: int) -> float:
     device = torch.device(params.runtime.devices[0])
-    g = load_generator(params.generator.model, device, params.generator.resolution, lock_path=BENCH_LOCK)
+    g = load_generator(params.generator.model, device, params.generator.resolution, BENCH_WEIGHTS)
     rng = np.random.default_rng(0)
     b = params.runtime.batch_size
     micro = synthesis_batch(params.runtime, device, g, b)  # the stage's own choice (1 for StyleGAN on a CPU)
@@ -78,7 +81,7 @@ def generator_alone(params, images: int) -> float:
 
 def naive(params, images: int, folder: Path) -> float:
     device = torch.device(params.runtime.devices[0])
-    g = load_generator(params.generator.model, device, params.generator.resolution, lock_path=BENCH_LOCK)
+    g = load_generator(params.generator.model, device, params.generator.resolution, BENCH_WEIGHTS)
     start = time.perf_counter()
     for seed in range(images):
         z = torch.from_numpy(np.random.RandomState(seed).randn(1, g.z_dim)).to(device, torch.float32)
@@ -90,25 +93,30 @@ def naive(params, images: int, folder: Path) -> float:
 
 
 def full_stage(params, folder: Path) -> tuple[float, float]:
-    """End-to-end and steady-state images/s of run_generate (steady = without FacePass start-up)."""
-    from pipeline.generate import run_generate
+    """End-to-end and steady-state images/s of run_generate (steady = without the models' start-up)."""
+    from pipeline.generate.driver import run_generate
 
     images = params.identities.count * params.identities.variants_per_identity
-    startup = []
-    build = FacePass.__init__
+    startup: list[float] = []
+    builds = {cls: cls.__init__ for cls in (DeviceModels, DevicePass)}
 
-    def timed_build(self, *args, **kwargs) -> None:
-        t0 = time.perf_counter()
-        build(self, *args, **kwargs)
-        startup.append(time.perf_counter() - t0)
+    def timed(build):
+        def init(self, *args, **kwargs) -> None:
+            t0 = time.perf_counter()
+            build(self, *args, **kwargs)
+            startup.append(time.perf_counter() - t0)
 
-    FacePass.__init__ = timed_build  # type: ignore[method-assign]
+        return init
+
+    for cls, build in builds.items():
+        cls.__init__ = timed(build)  # type: ignore[method-assign]
     try:
         start = time.perf_counter()
-        run_generate(params, folder, lock_path=BENCH_LOCK)
+        run_generate(params, folder, BENCH_WEIGHTS)
         total = time.perf_counter() - start
     finally:
-        FacePass.__init__ = build  # type: ignore[method-assign]
+        for cls, build in builds.items():
+            cls.__init__ = build  # type: ignore[method-assign]
     return images / total, images / (total - sum(startup))
 
 
@@ -125,7 +133,7 @@ def peak_rss_mib(shards: int, device: str) -> float:
 import importlib.util, pathlib, resource, tempfile
 spec = importlib.util.spec_from_file_location("bench_pipeline", {str(Path(__file__).resolve())!r})
 bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
-from pipeline.generate import run_generate
+from pipeline.generate.driver import run_generate
 params = bench.params_for("smoke", {shards * 2}, 4, 2, {device!r}, "fp32", 8)
 with tempfile.TemporaryDirectory() as tmp:
     run_generate(params, pathlib.Path(tmp))

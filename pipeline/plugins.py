@@ -65,7 +65,7 @@ def catalog_problems(params: Params) -> list[str]:
         )
     if "smoke" in params.attributes.estimators and params.generator.model != "smoke":
         return [*problems, "attributes.estimators: smoke labels only the smoke generator's faces"]
-    catalog = attribute_catalog(params)
+    catalog = attribute_catalog(params.attributes)
     listing = f"labelled by attributes.estimators: {', '.join(catalog) or 'none'}"
     for name in params.calibrate.attributes or []:
         if name not in catalog:
@@ -86,7 +86,7 @@ def catalog_problems(params: Params) -> list[str]:
             )
     from pipeline.faces.attributes import continuous_attributes
 
-    values = continuous_attributes(params)
+    values = continuous_attributes(params.attributes)
     for name in params.variation.edits:
         if name not in values:
             problems.append(

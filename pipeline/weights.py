@@ -139,6 +139,27 @@ class WeightsLock:
         write_json_atomic(self.path, self.entries)
 
 
+@dataclass(frozen=True)
+class WeightsStore:
+    """The weights folder and the lock that vouches for its files: the one thing every loader is given."""
+
+    folder: Path = Path("weights")
+    lock_path: Path = Path(DEFAULT_LOCK)
+
+    def path(self, spec: WeightsSpec) -> Path:
+        return self.folder / spec.file
+
+    def verify(self, path: Path) -> str:
+        """sha256 of `path`, refused unless the lock agrees (a file it does not know loads with a warning)."""
+        return verify(path, WeightsLock(self.lock_path))
+
+    def embedder_checkpoint(self, weights: str) -> Path | None:
+        return find_embedder_checkpoint(weights, self.folder)
+
+    def judge_file(self, file: str) -> Path | None:
+        return find_judge_file(file, self.folder)
+
+
 def verify(path: Path, lock: WeightsLock, record: bool = False) -> str:
     """sha256 of `path`, refused unless it equals the locked one. A file with no lock entry is locked when
     `record` (only the weights stage records), else loaded with a warning: loading never writes the lock."""

@@ -5,22 +5,22 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.cli import run_stage, stage_parser
 from pipeline.config import Params
 from pipeline.curation.balance import run_balance, target_bins
 from pipeline.errors import PipelineError
 from pipeline.faces.attributes import attribute_catalog, balance_targets
 from pipeline.shards.candidates import candidate_columns
+from pipeline.stage import run_stage, stage_parser
 
 log = logging.getLogger("stages.balance")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    targets = balance_targets(params)
+    targets = balance_targets(params.attributes, params.balance)
     missing = [f"attr_{a}" for a in targets if f"attr_{a}" not in candidate_columns(args.candidates)]
     if missing:
         raise PipelineError(f"balance.targets: the candidates have no {', '.join(missing)} (run dvc repro)")
-    bins = target_bins(targets, attribute_catalog(params))
+    bins = target_bins(targets, attribute_catalog(params.attributes))
     writer, plan = run_balance(args.candidates, args.dedup, params.dataset, params.balance, bins, args.out)
     log.info("balance: %d samples of %d classes selected", writer.kept, len(plan.chosen))
     for b in bins:

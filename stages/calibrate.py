@@ -7,14 +7,14 @@ import logging
 from pathlib import Path
 
 from pipeline.calibrate import run_calibrate
-from pipeline.cli import run_stage, stage_parser
 from pipeline.config import Params
+from pipeline.stage import add_weights_args, run_stage, stage_parser, weights_store
 
 log = logging.getLogger("stages.calibrate")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    summary = run_calibrate(params, Path(args.out), Path(args.weights), Path(args.lock), Path(args.plot))
+    summary = run_calibrate(params, Path(args.out), weights_store(args), Path(args.plot))
     log.info(
         "calibrate: %d directions from %d samples; balance mode %s",
         len(summary["directions"]),
@@ -27,8 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p = stage_parser(__doc__)
     p.add_argument("--out", default="data/calibration", help="folder for directions.json and steer.json")
     p.add_argument("--plot", default="reports/plots/calibration.csv", help="held-out accuracy per direction")
-    p.add_argument("--weights", default="weights", help="folder of fetched weights")
-    p.add_argument("--lock", default="weights.lock.json", help="sha256 lock of the weights")
+    add_weights_args(p)
     return p
 
 

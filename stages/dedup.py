@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.cli import run_stage, stage_parser
 from pipeline.config import Params
 from pipeline.curation.capacity import block_size, capacity_curve
 from pipeline.curation.dedup import run_dedup
 from pipeline.shards.io import write_bytes_atomic
+from pipeline.stage import run_stage, stage_parser
 
 log = logging.getLogger("stages.dedup")
 

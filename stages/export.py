@@ -6,17 +6,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.cli import run_stage, stage_parser
 from pipeline.config import Params
 from pipeline.export.run import run_export
+from pipeline.stage import add_weights_args, run_stage, stage_parser, weights_store
 
 log = logging.getLogger("stages.export")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    manifest = run_export(
-        params, Path(args.candidates), Path(args.selection), Path(args.out), Path(args.weights), Path(args.lock)
-    )
+    manifest = run_export(params, Path(args.candidates), Path(args.selection), Path(args.out), weights_store(args))
     log.info("export: %s -> %s", manifest["counts"], args.out)
 
 
@@ -25,8 +23,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", default="data/candidates")
     p.add_argument("--selection", default="data/curation/selection.parquet")
     p.add_argument("--out", default="data/dataset")
-    p.add_argument("--weights", default="weights", help="folder of fetched weights (the judge's files)")
-    p.add_argument("--lock", default="weights.lock.json", help="sha256 lock of the weights")
+    add_weights_args(p)
     return p
 
 

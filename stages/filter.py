@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.cli import run_stage, stage_parser
 from pipeline.config import Params
 from pipeline.curation.filter import run_filter
+from pipeline.stage import run_stage, stage_parser
 
 log = logging.getLogger("stages.filter")
 

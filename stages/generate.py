@@ -6,23 +6,22 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.cli import run_stage, stage_parser
 from pipeline.config import Params
-from pipeline.generate import run_generate
+from pipeline.generate.driver import run_generate
+from pipeline.stage import add_weights_args, run_stage, stage_parser, weights_store
 
 log = logging.getLogger("stages.generate")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    manifest = run_generate(params, Path(args.out), Path(args.weights), Path(args.lock), Path(args.calibration))
+    manifest = run_generate(params, Path(args.out), weights_store(args), Path(args.calibration))
     log.info("generate: %d candidates in %d shards -> %s", manifest["rows"], len(manifest["shards"]), args.out)
 
 
 def parser() -> argparse.ArgumentParser:
     p = stage_parser(__doc__)
     p.add_argument("--out", default="data/candidates", help="candidate shard folder")
-    p.add_argument("--weights", default="weights", help="folder of fetched weights")
-    p.add_argument("--lock", default="weights.lock.json", help="sha256 lock of the weights")
+    add_weights_args(p)
     p.add_argument("--calibration", default="data/calibration", help="calibrate stage output (directions, steer)")
     return p
 

@@ -13,8 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.commands import preview
+from pipeline.cli import preview
 from pipeline.config import Params
 from pipeline.curation.capacity import capacity_metrics
 from pipeline.curation.table import keep_mask, read_curation
@@ -32,6 +31,7 @@ from pipeline.report.metrics import (
 )
 from pipeline.shards.candidates import MANIFEST, candidate_columns, candidate_images, read_candidates
 from pipeline.shards.io import write_bytes_atomic, write_json_atomic
+from pipeline.stage import run_stage, stage_parser
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
@@ -56,7 +56,7 @@ def main(args: argparse.Namespace, params: Params) -> None:
 
 def attribute_balance(params: Params, args: argparse.Namespace, curated: np.ndarray) -> dict[str, Any]:
     """Target vs. achieved per attribute bin: all candidates, after filter + dedup, in the exported dataset."""
-    catalog = attribute_catalog(params)
+    catalog = attribute_catalog(params.attributes)
     names = [f"attr_{a}" for a in catalog if f"attr_{a}" in candidate_columns(args.candidates)]
     candidates = read_candidates(args.candidates, ["identity", "variant", *names]).to_pandas()
     stages = {
@@ -66,7 +66,9 @@ def attribute_balance(params: Params, args: argparse.Namespace, curated: np.ndar
             Path(args.dataset) / "metadata.parquet", columns=["identity", "variant", *names]
         ).to_pandas(),
     }
-    return balance_report(stages, catalog, balance_targets(params), Path(args.plots) / "balance.csv")
+    return balance_report(
+        stages, catalog, balance_targets(params.attributes, params.balance), Path(args.plots) / "balance.csv"
+    )
 
 
 def write_pictures(selection: pa.Table, candidates: Path, dataset: Path, folder: Path, per_reason: int = 8) -> None:

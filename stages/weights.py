@@ -6,9 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.cli import run_stage, stage_parser
 from pipeline.config import Params
 from pipeline.shards.io import write_json_atomic
+from pipeline.stage import run_stage, stage_parser
 from pipeline.weights import WeightsLock, fetch_required
 
 log = logging.getLogger("stages.weights")

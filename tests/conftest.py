@@ -39,11 +39,47 @@ def small_params(**overrides: Any) -> Params:
     return check_plugins(validate_params(raw))
 
 
-@pytest.fixture(scope="session")
-def face_pass():
-    from pipeline.generate import FacePass
+def make_device_pass(params: Params, calibration: Path | None = None, weights: Any = None, device: str = "cpu"):
+    """The generate stage's DevicePass for `params` on the CPU (calibration: a calibrate stage's folder)."""
+    from pipeline.generate.worker import build_device_pass
+    from pipeline.identities.calibration import Calibration
+    from pipeline.weights import WeightsStore
 
-    return FacePass(small_params(), torch.device("cpu"))
+    return build_device_pass(params, torch.device(device), weights or WeightsStore(), Calibration.load(calibration))
+
+
+def shard_table_of(device_pass: Any, params: Params, spec: Any, fingerprint: str = "x") -> Any:
+    """One shard's candidate table as the generate stage computes it (not written anywhere)."""
+    from pipeline.generate.worker import compute_shard, plan_config
+    from pipeline.shards.encode import BoundedPool
+
+    return compute_shard(device_pass, spec, plan_config(params), fingerprint, BoundedPool(2), lambda n: None)
+
+
+def columns_of(device_pass: Any, identities: Any, variants: Any, **rows: Any) -> dict[str, Any]:
+    """A batch's candidate columns, images encoded (the device half, then the CPU half)."""
+    from pipeline.generate.records import encode_images
+
+    return encode_images(device_pass.compute(identities, variants, **rows), device_pass.models.jpeg)
+
+
+def latents_of(generator: Any, params: Params, device: str = "cpu"):
+    """`Latents` of `generator` with `params`' seed, truncation and variation."""
+    from pipeline.identities.sampling import Latents
+
+    return Latents(generator, params.seed, params.generator, params.variation, torch.device(device))
+
+
+def analyzer_of(params: Params, image_size: int, device: str = "cpu"):
+    """The face stack configured by `params`' detect, align and embed sections."""
+    from pipeline.faces.analyze import FaceAnalyzer
+
+    return FaceAnalyzer(params.detect, params.align, params.embed, torch.device(device), image_size)
+
+
+@pytest.fixture(scope="session")
+def device_pass():
+    return make_device_pass(small_params())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -71,7 +107,7 @@ def exported_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.curation.dedup import run_dedup
     from pipeline.curation.filter import run_filter
     from pipeline.export.run import run_export
-    from pipeline.generate import run_generate
+    from pipeline.generate.driver import run_generate
 
     root = tmp_path_factory.mktemp("dataset")
     params = small_params(**EXPORTED)

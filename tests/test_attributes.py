@@ -21,12 +21,12 @@ from pipeline.faces.attributes import (
     head_pose,
     load_prompt_set,
 )
-from pipeline.generate import run_generate
+from pipeline.generate.driver import run_generate
+from pipeline.identities.steering import ShardSteerer
 from pipeline.plugins import check_plugins
 from pipeline.shards.candidates import read_candidates
-from pipeline.steering import ShardSteerer
 
-from .conftest import small_params
+from .conftest import columns_of, make_device_pass, shard_table_of, small_params
 
 
 def mean_face(yaw: float, pitch: float, roll: float, depth: float) -> np.ndarray:
@@ -58,9 +58,9 @@ def test_head_pose_pitch_sign_and_size() -> None:
     assert 10 < up < 20 and -20 < down < -10
 
 
-def test_pose_on_smoke_faces_follows_the_renderers_true_yaw(face_pass) -> None:
+def test_pose_on_smoke_faces_follows_the_renderers_true_yaw(device_pass) -> None:
     ids, var = np.repeat(np.arange(6), 4), np.tile(np.arange(4), 6)
-    cols = face_pass(ids, var)
+    cols = columns_of(device_pass, ids, var)
     found = cols["det_prob"] > 0.9
     est, truth = cols["attr_yaw"][found], cols["attr_smoke_yaw"][found]
     assert found.sum() >= 18
@@ -102,7 +102,9 @@ def test_bad_targets_name_their_key_path(balance: dict, expected: str) -> None:
 
 def test_classes_left_out_share_the_rest_and_smoke_needs_its_generator() -> None:
     params = small_params(balance={"targets": {"smoke_skin": {"dark": 0.5}}})
-    assert balance_targets(params) == {"smoke_skin": {"light": 0.25, "medium": 0.25, "dark": 0.5}}
+    assert balance_targets(params.attributes, params.balance) == {
+        "smoke_skin": {"light": 0.25, "medium": 0.25, "dark": 0.5}
+    }
     with pytest.raises(ConfigError, match=r"attributes\.estimators: smoke labels only the smoke generator"):
         check_plugins(
             validate_params({"generator": {"model": "stylegan2-ffhq-256x256"}, "attributes": {"estimators": ["smoke"]}})
@@ -166,13 +168,12 @@ def test_calibrate_then_steer_skews_the_candidates(tmp_path: Path) -> None:
 
     # Steering state is per shard: shard 1 computed alone, by a fresh pass, has the bytes of shard 1 computed
     # after shard 0.
-    from pipeline.generate import FacePass, shard_fingerprint
     from pipeline.shards.candidates import ShardStore, plan_shards
 
-    alone = FacePass(params, torch.device("cpu"), calibration=tmp_path / "calib")
+    alone = make_device_pass(params, tmp_path / "calib")
     spec = plan_shards(params.identities.count, params.identities.shard_size)[1]
-    fingerprint = shard_fingerprint(params, alone)
-    table = alone.shard_table(spec, fingerprint, lambda n: None)
+    fingerprint = manifest["fingerprint"]
+    table = shard_table_of(alone, params, spec, fingerprint)
     ShardStore(tmp_path / "alone").write_shard(spec, table, fingerprint, {"samples": table.num_rows})
     name = f"{spec.name}.parquet"
     assert (tmp_path / "alone" / name).read_bytes() == (tmp_path / "steered" / name).read_bytes()
@@ -183,11 +184,12 @@ def test_clip_estimator_plumbing_with_random_weights(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     from pipeline.faces.attributes import ClipEstimator
-    from pipeline.weights import WEIGHTS, WeightsError
+    from pipeline.weights import WEIGHTS, WeightsError, WeightsStore
 
     params = small_params(attributes={"estimators": ["pose", "clip"], "clip_attributes": ["gender", "age"],
                                       "clip_allow_random": True})  # fmt: skip
-    estimator = ClipEstimator(params, device="cpu", weights_dir=tmp_path, lock_path=tmp_path / "lock.json")
+    store = WeightsStore(tmp_path, tmp_path / "lock.json")
+    estimator = ClipEstimator(params.attributes, device="cpu", weights=store)
     assert estimator.classifier.weights_name == "random"
     pixels = torch.randint(0, 256, (3, 96, 96, 3), dtype=torch.uint8)
     batch = AttributeBatch(pixels, np.zeros((3, 5, 2), np.float32), np.zeros(3, bool), torch.zeros(3, 2, 16))
@@ -201,8 +203,8 @@ def test_clip_estimator_plumbing_with_random_weights(tmp_path: Path) -> None:
     state = {k: v.contiguous() for k, v in estimator.classifier.model.state_dict().items()}
     save_file(state, str(tmp_path / WEIGHTS["openclip-vit-b-32-laion2b"].file))
     strict = small_params(attributes={"estimators": ["clip"], "clip_attributes": ["gender"]})
-    loaded = ClipEstimator(strict, device="cpu", weights_dir=tmp_path, lock_path=tmp_path / "lock.json")
+    loaded = ClipEstimator(strict.attributes, device="cpu", weights=store)
     assert loaded.classifier.weights_name == "openclip-vit-b-32-laion2b"
     assert np.allclose(loaded(batch)["attr_gender_p_female"], cols["attr_gender_p_female"], atol=1e-5)
     with pytest.raises(WeightsError, match="clip_allow_random"):
-        ClipEstimator(strict, device="cpu", weights_dir=tmp_path / "empty")
+        ClipEstimator(strict.attributes, device="cpu", weights=WeightsStore(tmp_path / "empty"))

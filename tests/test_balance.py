@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import BalanceParams, DatasetParams
-from pipeline.curation.balance import BalanceError, achieved, bounds, select, target_bins
+from pipeline.curation.balance import BalanceError, achieved, select, target_bins
+from pipeline.curation.cells import bounds
 from pipeline.faces.attributes import AttributeInfo
 
 

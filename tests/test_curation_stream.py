@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import BalanceParams, DatasetParams, DedupParams, FilterParams
-from pipeline.curation.balance import achieved, bounds, run_balance, select, target_bins
+from pipeline.curation.balance import achieved, run_balance, select, target_bins
 from pipeline.curation.capacity import capacity_curve, capacity_metrics
+from pipeline.curation.cells import bounds
 from pipeline.curation.dedup import dedup_frame, run_dedup
 from pipeline.curation.filter import apply_filter, run_filter
 from pipeline.curation.table import read_curation, write_curation

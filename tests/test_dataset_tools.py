@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.commands import main
-from pipeline.data import make_dataset, make_loader, shard_urls
+from pipeline.cli import main
+from pipeline.loader import make_dataset, make_loader, shard_urls
 
 
 def labels(dataset: Path) -> dict[str, int]:

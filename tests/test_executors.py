@@ -12,12 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.generate import FacePass, ShardJob, run_generate
+from pipeline.generate.device_pass import DevicePass
+from pipeline.generate.driver import run_generate
+from pipeline.generate.worker import ShardJob
+from pipeline.identities.calibration import Calibration
 from pipeline.runtime.executors import LocalExecutor, RayExecutor
 from pipeline.shards.candidates import ShardSpec, plan_shards
 from pipeline.shards.io import sha256_file
+from pipeline.weights import WeightsStore
 
-from .conftest import small_params
+from .conftest import make_device_pass, shard_table_of, small_params
 
 
 def one_thread(**overrides):
@@ -157,22 +161,27 @@ def test_ray_worker_builds_its_models_once_for_many_shards(local_ray, tmp_path: 
     assert len(processes) < len(shards)  # at most two worker processes ran six shards
 
 
-def test_shard_job_cache_key_survives_pickling_and_differs_per_run(face_pass: FacePass, tmp_path: Path) -> None:
-    job = ShardJob(face_pass.params, tmp_path, "f" * 64)
+def job_of(tmp_path: Path) -> ShardJob:
+    return ShardJob(small_params(), tmp_path, "f" * 64, WeightsStore(), Calibration())
+
+
+def test_shard_job_cache_key_survives_pickling_and_differs_per_run(tmp_path: Path) -> None:
+    job = job_of(tmp_path)
     assert pickle.loads(pickle.dumps(job)).cache_key == job.cache_key
-    assert ShardJob(face_pass.params, tmp_path, "f" * 64).cache_key != job.cache_key
+    assert job_of(tmp_path).cache_key != job.cache_key
 
 
-def test_shard_job_pickles_without_its_models(face_pass: FacePass, tmp_path: Path) -> None:
-    job = ShardJob(face_pass.params, tmp_path, "f" * 64)
-    job.attach(face_pass, lambda n: None)
+def test_shard_job_pickles_without_its_models(device_pass: DevicePass, tmp_path: Path) -> None:
+    job = job_of(tmp_path)
+    job.attach(device_pass, lambda n: None)
     copy = pickle.loads(pickle.dumps(job))
     assert copy._local == {} and copy.fingerprint == job.fingerprint and len(pickle.dumps(job)) < 100_000
 
 
 def test_out_of_memory_halves_the_batch_instead_of_failing(monkeypatch: pytest.MonkeyPatch) -> None:
-    fp = FacePass(small_params(runtime={"batch_size": 8}), torch.device("cpu"))
-    real = FacePass.compute
+    params = small_params(runtime={"batch_size": 8})
+    fp = make_device_pass(params)
+    real = DevicePass.compute
     sizes = []
 
     def limited(self, identities, variants, **rows):
@@ -181,8 +190,8 @@ def test_out_of_memory_halves_the_batch_instead_of_failing(monkeypatch: pytest.M
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(self, identities, variants, **rows)
 
-    monkeypatch.setattr(FacePass, "compute", limited)
-    table = fp.shard_table(ShardSpec(0, 0, 3), "x", lambda n: None)
+    monkeypatch.setattr(DevicePass, "compute", limited)
+    table = shard_table_of(fp, params, ShardSpec(0, 0, 3))
     assert table.num_rows == 12 and fp.batch_size == 2  # 8 -> 4 -> 2, then every batch fits
     assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) == 2
     assert np.array_equal(table.column("identity").to_numpy(), np.repeat(np.arange(3), 4))

@@ -13,10 +13,9 @@ from skimage import data
 from pipeline.config import FilterParams
 from pipeline.curation.filter import apply_filter
 from pipeline.faces.align import transform_points, umeyama
-from pipeline.faces.analyze import FaceAnalyzer
 from pipeline.faces.detect import DETECTORS, resolve
 
-from .conftest import small_params
+from .conftest import analyzer_of, small_params
 
 CPU = torch.device("cpu")
 FACE_CENTRE = (225, 115)
@@ -43,7 +42,7 @@ def photos() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def analysed() -> pd.DataFrame:
     images = photos()
-    analyzer = FaceAnalyzer(small_params(detect={"min_face_size": 40}, embed={"serfiq_passes": 8}), CPU, 512)
+    analyzer = analyzer_of(small_params(detect={"min_face_size": 40}, embed={"serfiq_passes": 8}), 512)
     result = analyzer(torch.from_numpy(np.stack(list(images.values()))))
     cols = {k: v for k, v in result.columns.items() if k not in ("box", "landmarks", "embedding")}
     df = pd.DataFrame(cols, index=list(images))
@@ -84,7 +83,7 @@ def test_warped_landmarks_land_where_the_transform_puts_them() -> None:
     size = 224
     images = photos()
     pixels = torch.from_numpy(np.stack([images["astronaut"], images["rot+15"], images["rot-25"]]))
-    analyzer = FaceAnalyzer(small_params(detect={"min_face_size": 40}, align={"size": size, "margin": 0.2}), CPU, 512)
+    analyzer = analyzer_of(small_params(detect={"min_face_size": 40}, align={"size": size, "margin": 0.2}), 512)
     det = resolve(analyzer.detector, pixels)
     crops, _ = analyzer.align(pixels, det)
     m, _ = umeyama(det.landmarks, analyzer.aligner.template)
@@ -96,7 +95,7 @@ def test_warped_landmarks_land_where_the_transform_puts_them() -> None:
 
 
 def test_serfiq_range_reproducible_batch_independent_and_maximal_without_dropout() -> None:
-    analyzer = FaceAnalyzer(small_params(), CPU, 512)
+    analyzer = analyzer_of(small_params(), 512)
     crops = torch.randint(0, 256, (4, 112, 112, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     features = analyzer.embedder.features(crops)
     q = analyzer.embedder.serfiq(features, 20)
@@ -117,7 +116,7 @@ def test_serfiq_needs_one_backbone_pass_per_image() -> None:
     pixels = smoke_pixels(128, 6)
     calls = []
     for passes in (50, 0):
-        analyzer = FaceAnalyzer(small_params(embed={"serfiq_passes": passes}), CPU, 128)
+        analyzer = analyzer_of(small_params(embed={"serfiq_passes": passes}), 128)
         seen: list[int] = []
         net = analyzer.embedder.net
         hook = net.conv2d_1a.register_forward_hook(lambda mod, inp, out, seen=seen: seen.append(inp[0].shape[0]))
@@ -135,7 +134,7 @@ def test_folded_embedder_matches_facenets_network() -> None:
 
     from pipeline.faces.embed import RANDOM_INIT_SEED, TRAINING_CLASSES
 
-    analyzer = FaceAnalyzer(small_params(embed={"input_size": 160}), CPU, 512)
+    analyzer = analyzer_of(small_params(embed={"input_size": 160}), 512)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         reference = InceptionResnetV1(classify=False, num_classes=TRAINING_CLASSES["vggface2"]).eval()

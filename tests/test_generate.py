@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.faces.columns import QUALITY_COLUMNS
-from pipeline.generate import run_generate, shard_fingerprint
+from pipeline.generate.driver import run_generate
 from pipeline.shards.candidates import ShardSpec, ShardStore, plan_shards, read_candidates
 from pipeline.shards.io import atomic_path, sha256_file
 
-from .conftest import small_params
+from .conftest import columns_of, small_params
 
 
 def test_plan_covers_identities_once() -> None:
@@ -77,7 +77,7 @@ def mtimes(folder: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "delete_marker"])
-def test_damaged_shard_is_detected_and_recomputed(generated: Path, tmp_path: Path, damage: str, face_pass) -> None:
+def test_damaged_shard_is_detected_and_recomputed(generated: Path, tmp_path: Path, damage: str) -> None:
     copy_of(generated, tmp_path)
     victim = tmp_path / "shard-000001.parquet"
     data = bytearray(victim.read_bytes())
@@ -92,7 +92,7 @@ def test_damaged_shard_is_detected_and_recomputed(generated: Path, tmp_path: Pat
         (tmp_path / "shard-000001.json").unlink()
     os.utime(victim, ns=(1, 1))
     params = small_params()
-    fingerprint = shard_fingerprint(params, face_pass)
+    fingerprint = json.loads((generated / "manifest.json").read_text())["fingerprint"]
     assert ShardStore(tmp_path).shard_problem(plan_shards(6, 3)[1], fingerprint) is not None
     assert ShardStore(tmp_path).shard_problem(plan_shards(6, 3)[0], fingerprint) is None
     run_generate(params, tmp_path)
@@ -121,16 +121,15 @@ def test_changed_shaping_param_recomputes(generated: Path, tmp_path: Path) -> No
     assert (tmp_path / "shard-000000.parquet").read_bytes() != first
 
 
-def test_changed_generation_code_recomputes_finished_shards(
+def test_a_generation_version_bump_recomputes_finished_shards(
     generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A different source fingerprint of generate's import closure (tests/test_structure.py shows it changes
-    with any imported file) invalidates every finished shard."""
-    import pipeline.generate
+    """GENERATION_VERSION is in every shard's fingerprint: bumping it (what tests/test_golden.py demands of a
+    change to candidate bytes) invalidates every finished shard."""
+    from pipeline.generate import version
 
     copy_of(generated, tmp_path)
-    real = pipeline.generate.code_fingerprint
-    monkeypatch.setattr(pipeline.generate, "code_fingerprint", lambda f: real(f) + "-edited")
+    monkeypatch.setattr(version, "GENERATION_VERSION", version.GENERATION_VERSION + 1)
     run_generate(small_params(), tmp_path)
     assert all(t > 1 for t in mtimes(tmp_path).values())
     assert (tmp_path / "shard-000000.json").read_bytes() != (generated / "shard-000000.json").read_bytes()
@@ -165,13 +164,14 @@ def test_parquet_is_readable_column_by_column(generated: Path) -> None:
     assert table.column_names == ["key", "det_prob"]
 
 
-def test_non_finite_generator_output_is_rejected(face_pass, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_finite_generator_output_is_rejected(device_pass, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     from pipeline.config import FilterParams
     from pipeline.curation.filter import apply_filter
 
-    original = face_pass.generator.synthesis
+    generator = device_pass.models.generator
+    original = generator.synthesis
 
     def broken(ws, **kwargs):
         img = original(ws, **kwargs)
@@ -179,8 +179,8 @@ def test_non_finite_generator_output_is_rejected(face_pass, monkeypatch: pytest.
         img[2] = float("inf")
         return img
 
-    monkeypatch.setattr(face_pass.generator, "synthesis", broken)
-    cols = face_pass(np.array([0, 0, 0, 0]), np.array([0, 1, 2, 3]))
+    monkeypatch.setattr(generator, "synthesis", broken)
+    cols = columns_of(device_pass, np.array([0, 0, 0, 0]), np.array([0, 1, 2, 3]))
     assert cols["q_finite"].tolist() == [1.0, 0.0, 0.0, 1.0]
     df = pd.DataFrame({k: v for k, v in cols.items() if k not in ("box", "landmarks", "embedding", "image", "aligned")})
     reasons = apply_filter(df, FilterParams(min_det_prob=0.0, min_face_fraction=0.0))["reason"].tolist()

@@ -4,6 +4,7 @@ construction inside a shard, and the independent judge."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -13,8 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.calibrate import run_calibrate
-from pipeline.generate import FacePass
-from pipeline.identities.sampling import make_ws
 from pipeline.identities.separation import separate
 from pipeline.identities.variation import (
     Regression,
@@ -27,7 +26,7 @@ from pipeline.identities.variation import (
 )
 from pipeline.shards.candidates import ShardSpec
 
-from .conftest import small_params
+from .conftest import latents_of, make_device_pass, shard_table_of, small_params
 
 CPU = torch.device("cpu")
 
@@ -53,13 +52,24 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+class Pass(NamedTuple):
+    """A device pass and the params it was built from."""
+
+    params: Any
+    dp: Any
+
+
+def make_pass(params: Any, calibration: Path) -> Pass:
+    return Pass(params, make_device_pass(params, calibration))
+
+
 @pytest.fixture(scope="module")
-def edit_pass(calibration: Path) -> FacePass:
-    return FacePass(edit_params(), CPU, calibration=calibration)
+def edit_pass(calibration: Path) -> Pass:
+    return make_pass(edit_params(), calibration)
 
 
-def table(face_pass: FacePass, spec: ShardSpec) -> pa.Table:
-    return face_pass.shard_table(spec, "x", lambda n: None)
+def table(p: Pass, spec: ShardSpec) -> pa.Table:
+    return shard_table_of(p.dp, p.params, spec)
 
 
 def table_bytes(t: pa.Table) -> bytes:
@@ -181,7 +191,7 @@ def test_separation_is_the_sequential_answer_and_renders_no_more(
         assert (kept[:j] @ kept[j] <= threshold + 1e-6).all()
 
 
-def test_edited_variants_keep_their_identity_at_the_largest_passing_scale(edit_pass: FacePass) -> None:
+def test_edited_variants_keep_their_identity_at_the_largest_passing_scale(edit_pass: Pass) -> None:
     """Every variant's stored embedding is at least min_identity_cosine from its canonical's, or its edit
     fell to 0; and no larger scale on the grid would have passed (re-rendered to check)."""
     p = edit_pass.params
@@ -200,15 +210,16 @@ def test_edited_variants_keep_their_identity_at_the_largest_passing_scale(edit_p
     for _, row in shrunk.iterrows():
         ids, var = np.array([row["identity"]]), np.array([row["variant"]])
         targets = edit_targets(p.seed, dict(p.variation.edits), ids, var, p.identities.variants_per_identity)
-        base = make_ws(edit_pass.generator, p, ids, np.zeros(1, np.int64), CPU)[:, p.variation.edit_start]
-        move = edit_moves(base.numpy(), targets, edit_pass.regressions)
+        generator = edit_pass.dp.models.generator
+        base = latents_of(generator, p).ws(ids, np.zeros(1, np.int64))[:, p.variation.edit_start]
+        move = edit_moves(base.numpy(), targets, edit_pass.dp.models.calibration.regressions)
         for larger in (s for s in grid if s > row["edit_scale"]):
-            out = edit_pass.compute(ids, var, edits=move * larger)
+            out = edit_pass.dp.compute(ids, var, edits=move * larger)
             c = cosines(np.stack(out["embedding"]), canonical[row["identity"]][None])[0]
             assert c < p.variation.min_identity_cosine, (row["key"], larger, c)
 
 
-def test_edits_move_the_head_along_the_calibrated_direction(edit_pass: FacePass) -> None:
+def test_edits_move_the_head_along_the_calibrated_direction(edit_pass: Pass) -> None:
     """The full-scale edits land near their targets (the pose estimator's yaw), so a person's variants spread."""
     t = table(edit_pass, ShardSpec(1, 4, 8)).to_pandas()
     full = t[(t["edit_scale"] == 1) & t["attr_yaw"].notna()]
@@ -229,12 +240,12 @@ def same_shard(a: pa.Table, b: pa.Table) -> None:
 
 def test_constructed_shards_do_not_depend_on_batch_size_or_other_shards(calibration: Path) -> None:
     params = edit_params(identities={"separation": 0.9, "separation_tries": 4})
-    small = FacePass(params, CPU, calibration=calibration)
+    small = make_pass(params, calibration)
     first = table(small, ShardSpec(1, 4, 8))
     assert table_bytes(table(small, ShardSpec(1, 4, 8))) == table_bytes(first)  # deterministic: the same bytes
-    small.batch_size = 3
+    small.dp.batch_size = 3
     same_shard(table(small, ShardSpec(1, 4, 8)), first)
-    fresh = FacePass(params, CPU, calibration=calibration)
+    fresh = make_pass(params, calibration)
     table(fresh, ShardSpec(0, 0, 4))  # another shard first
     assert table_bytes(table(fresh, ShardSpec(1, 4, 8))) == table_bytes(first)
 
@@ -242,7 +253,7 @@ def test_constructed_shards_do_not_depend_on_batch_size_or_other_shards(calibrat
 @pytest.mark.parametrize("threshold", [0.8, 0.95])
 def test_no_two_separated_canonicals_of_a_shard_are_look_alikes(calibration: Path, threshold: float) -> None:
     params = edit_params(identities={"separation": threshold, "separation_tries": 6, "shard_size": 8})
-    t = table(FacePass(params, CPU, calibration=calibration), ShardSpec(0, 0, 8)).to_pandas()
+    t = table(make_pass(params, calibration), ShardSpec(0, 0, 8)).to_pandas()
     canon = t[t["variant"] == 0].sort_values("identity")
     emb = np.stack(canon["embedding"].to_numpy()).astype(np.float32)
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
@@ -259,7 +270,7 @@ def test_edits_need_a_calibrated_direction(tmp_path: Path) -> None:
     from pipeline.errors import PipelineError
 
     with pytest.raises(PipelineError, match=r"variation.edits: no calibrated direction for yaw"):
-        FacePass(edit_params(), CPU, calibration=tmp_path)
+        make_device_pass(edit_params(), tmp_path)
 
 
 def test_edit_and_separation_params_are_checked_before_any_work() -> None:

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops import nms
 
+from pipeline.faces.boxes import iou
 from pipeline.faces.detect import DETECTORS, FaceBoxes, FacenetMTCNN, resolve
-from pipeline.faces.mtcnn import BatchedMTCNN, Capacity, Pyramid, iou, summed_area
+from pipeline.faces.mtcnn import BatchedMTCNN, Capacity, Pyramid, summed_area
 from pipeline.runtime.dispatch import count_dispatch
 
 from .test_faces import photos
@@ -186,10 +187,11 @@ def test_face_stack_dispatches_at_most_15_ops_per_image_and_4_host_round_trips()
     """The issue's bar, at batch 64 on 256 px smoke faces: detect, align, embed, SER-FIQ and the scores in one
     device pass (pose runs on the host columns), copied to the host in at most 4 round trips."""
     from pipeline.config import validate_params
-    from pipeline.faces.analyze import FaceAnalyzer
+
+    from .conftest import analyzer_of
 
     pixels = smoke_pixels(256, 64)
-    analyzer = FaceAnalyzer(validate_params({"embed": {"allow_random": True}}), torch.device("cpu"), 256)
+    analyzer = analyzer_of(validate_params({"embed": {"allow_random": True}}), 256)
     analyzer(pixels)  # builds the per-size tables
     ops, trips, host_data = count_dispatch(lambda: analyzer(pixels), host_data=True)
     assert ops / 64 <= 15, ops

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.errors import ConfigError
-from pipeline.generate import FacePass, run_generate
+from pipeline.generate.device_pass import DevicePass
+from pipeline.generate.driver import run_generate
+from pipeline.generate.worker import compute_shard, plan_config
 from pipeline.generators.stylegan2 import StyleGAN2Generator
 from pipeline.generators.synthesis import synthesize
 from pipeline.runtime.device import fit_batch, probe_batch_size, synthesis_batch
@@ -24,7 +26,7 @@ from pipeline.shards.candidates import ShardSpec, ShardStore
 from pipeline.shards.encode import JPEG_ENCODERS, BoundedPool, resolve_jpeg_encoder
 from pipeline.shards.io import sha256_file
 
-from .conftest import small_params
+from .conftest import columns_of, make_device_pass, small_params
 from .test_stylegan import SG2, randomised
 
 
@@ -72,19 +74,15 @@ def test_bounded_pool_raises_a_workers_error_in_order() -> None:
     assert seen == [0, 1, 2]
 
 
-def test_encoder_threads_do_not_change_a_single_byte(face_pass: FacePass) -> None:
+def test_encoder_threads_do_not_change_a_single_byte(device_pass: DevicePass) -> None:
     """Encoding on 1 or 3 threads, overlapped with the device loop, equals encoding inline."""
     spec = ShardSpec(0, 0, 2)
-    inline = face_pass(np.repeat(np.arange(2), 4), np.tile(np.arange(4), 2))
-    pool = face_pass.encoders
-    try:
-        tables = []
-        for workers in (1, 3):
-            face_pass.encoders = BoundedPool(workers)
-            tables.append(face_pass.shard_table(spec, "x", lambda n: None))
-            face_pass.encoders.close()
-    finally:
-        face_pass.encoders = pool
+    inline = columns_of(device_pass, np.repeat(np.arange(2), 4), np.tile(np.arange(4), 2))
+    tables = []
+    for workers in (1, 3):
+        pool = BoundedPool(workers)
+        tables.append(compute_shard(device_pass, spec, plan_config(small_params()), "x", pool, lambda n: None))
+        pool.close()
     assert np.isnan(tables[0].column("q_disc").to_numpy()).all()  # the smoke generator has no discriminator
     assert tables[0].drop_columns(["q_disc"]).equals(tables[1].drop_columns(["q_disc"]))
     assert tables[0].column("image").to_pylist() == inline["image"]
@@ -101,7 +99,7 @@ def test_jpeg_encoder_choice() -> None:
 
 def test_nvjpeg_on_a_cpu_run_is_refused_before_any_model_loads() -> None:
     with pytest.raises(ConfigError, match=r"runtime\.jpeg_encoder"):
-        FacePass(small_params(runtime={"jpeg_encoder": "nvjpeg"}), torch.device("cpu"))
+        make_device_pass(small_params(runtime={"jpeg_encoder": "nvjpeg"}))
 
 
 def test_micro_batched_synthesis_matches_one_call() -> None:
@@ -156,8 +154,8 @@ def test_an_fsspec_store_gives_the_bytes_of_a_local_run(tmp_path: Path, monkeypa
     )
     (tmp_path / "fetched" / "shard-000001.parquet").unlink()  # lost locally: fetched again, not recomputed
     calls = []
-    real = FacePass.compute
-    monkeypatch.setattr(FacePass, "compute", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    real = DevicePass.compute
+    monkeypatch.setattr(DevicePass, "compute", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     run_generate(remote, tmp_path / "fetched")
     assert digests(tmp_path / "fetched") == digests(tmp_path / "local") and calls == []
 

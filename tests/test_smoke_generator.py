@@ -8,9 +8,8 @@ import torch
 from pipeline.faces.detect import DETECTORS, resolve
 from pipeline.generators import GENERATORS, load_generator
 from pipeline.generators.smoke import LABEL
-from pipeline.identities.sampling import make_ws
 
-from .conftest import small_params
+from .conftest import latents_of, small_params
 
 
 def test_contract_attributes_and_shapes() -> None:
@@ -38,7 +37,7 @@ def smoke_pixels(resolution: int, n: int) -> torch.Tensor:
     """[n, H, W, 3] uint8 canonical smoke faces of identities 0..n-1."""
     g = load_generator("smoke", resolution=resolution)
     ids = np.arange(n)
-    ws = make_ws(g, small_params(), ids, np.zeros_like(ids), torch.device("cpu"))
+    ws = latents_of(g, small_params()).ws(ids, np.zeros_like(ids))
     with torch.no_grad():
         return ((g.synthesis(ws) * 127.5 + 128).clamp(0, 255).to(torch.uint8)).permute(0, 2, 3, 1)
 
@@ -54,7 +53,7 @@ def test_true_attributes_follow_the_identity_layer() -> None:
     params = small_params()
     g = load_generator("smoke")
     ids = np.repeat(np.arange(20), 3)
-    ws = make_ws(g, params, ids, np.tile(np.arange(3), 20), torch.device("cpu"))
+    ws = latents_of(g, params).ws(ids, np.tile(np.arange(3), 20))
     attrs = g.true_attributes(ws)
     hair = attrs["attr_smoke_hair"].reshape(20, 3)
     assert (hair == hair[:, :1]).all()  # identity-level: same for every variant

@@ -24,8 +24,10 @@ from pipeline.generators.network_pickle import (
     state_dict_of,
 )
 from pipeline.generators.ops import filtered_lrelu, setup_filter, upfirdn2d
-from pipeline.generators.stylegan2 import Discriminator, MinibatchStdLayer, StyleGAN2Generator, modulated_conv2d
+from pipeline.generators.stylegan2 import StyleGAN2Generator, modulated_conv2d
+from pipeline.generators.stylegan2_discriminator import Discriminator, MinibatchStdLayer
 from pipeline.generators.stylegan3 import StyleGAN3Generator, design_lowpass_filter
+from pipeline.weights import WeightsStore
 
 from .nvidia_format import fake_nvidia_modules, write_network_pickle
 
@@ -123,7 +125,7 @@ def inputs(net: torch.nn.Module, n: int = 4, seed: int = 1) -> tuple[torch.Tenso
 
 def test_pickle_loads_into_identical_outputs(pickled, tmp_path: Path) -> None:
     arch, net, path, marker = pickled
-    loaded = load_generator(str(path), lock_path=tmp_path / "lock.json")
+    loaded = load_generator(str(path), weights=WeightsStore(tmp_path, tmp_path / "lock.json"))
     assert not marker.exists(), "module_src was executed"
     assert (loaded.z_dim, loaded.c_dim, loaded.w_dim, loaded.num_ws, loaded.img_resolution, loaded.img_channels) == (
         net.z_dim,
@@ -151,7 +153,7 @@ def test_pickle_loads_into_identical_outputs(pickled, tmp_path: Path) -> None:
 
 def test_discriminator_loads_with_the_generator(pickled, tmp_path: Path) -> None:
     _, net, path, _ = pickled
-    disc = load_discriminator(str(path), lock_path=tmp_path / "lock.json")
+    disc = load_discriminator(str(path), weights=WeightsStore(tmp_path, tmp_path / "lock.json"))
     z, c = inputs(net)
     img = net(z, c, force_fp32=True)
     logits = disc(img, c, force_fp32=True)
@@ -173,7 +175,7 @@ def test_own_checkpoint_round_trip(pickled, tmp_path: Path) -> None:
     _, net, path, _ = pickled
     loaded = load_networks(path)["G_ema"]
     save_checkpoint(loaded, tmp_path / "g.pt")
-    again = load_generator(str(tmp_path / "g.pt"), lock_path=tmp_path / "lock.json")
+    again = load_generator(str(tmp_path / "g.pt"), weights=WeightsStore(tmp_path, tmp_path / "lock.json"))
     z, c = inputs(net)
     assert torch.equal(again(z, c, force_fp32=True), net(z, c, force_fp32=True))
 
@@ -205,7 +207,7 @@ def test_hostile_global_deep_inside_a_network_is_refused(tmp_path: Path) -> None
     path = tmp_path / "evil.pkl"
     write_network_pickle(path, net, SG2)
     with pytest.raises(UnsafePickleError, match=r"posix\.system"):
-        load_generator(str(path), lock_path=tmp_path / "lock.json")
+        load_generator(str(path), weights=WeightsStore(tmp_path, tmp_path / "lock.json"))
 
 
 class _Hostile:
@@ -366,7 +368,7 @@ def test_fake_modules_are_removed_after_writing() -> None:
 @pytest.mark.gpu
 def test_cuda_matches_cpu(pickled, tmp_path: Path) -> None:
     _, net, path, _ = pickled
-    gpu = load_generator(str(path), device="cuda", lock_path=tmp_path / "lock.json")
+    gpu = load_generator(str(path), device="cuda", weights=WeightsStore(tmp_path, tmp_path / "lock.json"))
     z, c = inputs(net)
     ref = net(z, c, noise_mode="const", force_fp32=True)
     out = gpu(z.cuda(), None if c is None else c.cuda(), noise_mode="const", force_fp32=True).cpu()
@@ -393,9 +395,9 @@ def test_per_sample_input_transforms_equal_nvidias_shared_buffer() -> None:
 def test_face_pass_reads_the_pickle_once_and_scores_realism(pickled, tmp_path: Path, monkeypatch) -> None:
     """Generation from a pickle: one read (and one sha256) gives G and D; q_disc is D's per-sample logit."""
     import pipeline.generators.checkpoint as checkpoint
-    from pipeline.generate import FacePass
+    from pipeline.weights import WeightsStore
 
-    from .conftest import small_params
+    from .conftest import columns_of, make_device_pass, small_params
 
     _, net, path, _ = pickled
     if net.c_dim:
@@ -404,18 +406,17 @@ def test_face_pass_reads_the_pickle_once_and_scores_realism(pickled, tmp_path: P
     real = checkpoint.read_network_pickle
     monkeypatch.setattr(checkpoint, "read_network_pickle", lambda p: reads.append(p) or real(p))
     params = small_params(generator={"model": str(path), "resolution": None}, variation={"mix_start": 4})
-    assert (
-        FacePass(params, torch.device("cpu"), lock_path=tmp_path / "lock.json").discriminator is None
-    )  # off by default
+    store = WeightsStore(tmp_path, tmp_path / "lock.json")
+    assert make_device_pass(params, weights=store).models.discriminator is None  # off by default
     reads.clear()
     params = small_params(
         generator={"model": str(path), "resolution": None, "disc_score": True}, variation={"mix_start": 4}
     )
-    face_pass = FacePass(params, torch.device("cpu"), lock_path=tmp_path / "lock.json")
-    assert len(reads) == 1 and face_pass.discriminator is not None
-    cols = face_pass(np.array([0, 1]), np.array([0, 0]))
+    device_pass = make_device_pass(params, weights=store)
+    assert len(reads) == 1 and device_pass.models.discriminator is not None
+    cols = columns_of(device_pass, np.array([0, 1]), np.array([0, 0]))
     assert np.isfinite(cols["q_disc"]).all()
-    alone = face_pass(np.array([1]), np.array([0]))["q_disc"]
+    alone = columns_of(device_pass, np.array([1]), np.array([0]))["q_disc"]
     np.testing.assert_allclose(alone, cols["q_disc"][1:], atol=1e-5)  # independent of batch-mates
 
 

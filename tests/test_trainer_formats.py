@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.data import make_loader, shard_urls
+from pipeline.loader import make_loader, shard_urls
 from pipeline.shards.layout import Layout
 from pipeline.shards.recordio import MAGIC, RecordIOWriter, frame
 
@@ -211,7 +211,7 @@ def test_a_failing_dataset_writer_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_export_removes_the_folders_of_formats_no_longer_asked_for(exported_dataset: Path, tmp_path: Path) -> None:
     import shutil
 
-    from pipeline.commands import main
+    from pipeline.cli import main
     from pipeline.export.run import run_export
 
     from .conftest import EXPORTED, small_params
@@ -234,6 +234,25 @@ def test_card_names_every_format_and_its_reader(exported_dataset: Path) -> None:
         ("lmdb", "Vec2Face"),
     ]:
         assert f"| `{folder}/` |" in card and reader in card, folder
+
+
+def test_card_says_which_scores_were_not_computed_or_tell_nothing() -> None:
+    """No `nan` row for an unscored q_disc; a score constant over the kept samples (SER-FIQ on the random
+    embedder) is named with its reason."""
+    from pipeline.report.card import render_card
+
+    nan = float("nan")
+    info = {
+        "name": "t", "generator": {"model": "smoke", "label": "smoke", "license": "x", "sha256": "0" * 64},
+        "embedder_weights": "none", "counts": {"identities": 1, "images_per_identity": 1, "samples": 1,
+        "candidates": 1}, "reasons": {}, "attributes": {}, "similarity": None, "formats": [], "format_notes": [],
+        "shards": 1, "params": {"generator": {"truncation_psi": 0.7}, "seed": 0}, "code_version": "v",
+        "quality": {"q_disc": (nan, nan, nan), "q_serfiq": (0.3891, 0.3893, 0.3894), "q_sharpness": (7.1, 10.7, 16.1)},
+    }  # fmt: skip
+    card = render_card(info)
+    assert "nan" not in card and "| q_disc | not scored (`generator.disc_score: false`" in card
+    assert "> `q_serfiq`: about the same value for every kept sample (`q_serfiq`: SER-FIQ with the random" in card
+    assert "q_sharpness`" not in card  # it varies: not named
 
 
 def arcface_losses(batches: list[tuple[torch.Tensor, torch.Tensor]], classes: int, steps: int = 40) -> list[float]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.generators import load_generator
-from pipeline.weights import WEIGHTS, WeightsError, WeightsLock, fetch, fetch_required, verify
+from pipeline.weights import WEIGHTS, WeightsError, WeightsLock, WeightsStore, fetch, fetch_required, verify
 
 from .conftest import small_params
 
@@ -170,7 +170,7 @@ def test_required_weights_follow_the_params(server: Server, tmp_path: Path, monk
 
 def test_missing_generator_weights_name_the_file_url_and_smoke(tmp_path: Path) -> None:
     with pytest.raises(WeightsError) as info:
-        load_generator("stylegan2-ffhq-256x256", weights_dir=tmp_path, lock_path=tmp_path / "lock.json")
+        load_generator("stylegan2-ffhq-256x256", weights=WeightsStore(tmp_path, tmp_path / "lock.json"))
     message = str(info.value)
     assert SPEC.file in message and SPEC.url in message and "preset=smoke" in message
 

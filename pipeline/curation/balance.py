@@ -13,8 +13,6 @@ identity the lowest variants of each label.
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,106 +24,21 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
 from pipeline.config import BalanceParams, DatasetParams
+from pipeline.curation.cells import SEP, Bin, Cell, Pool, bounds, identity_labels, joint_labels, profiles
 from pipeline.curation.table import CurationWriter, along_candidates, read_curation
 from pipeline.errors import PipelineError
 from pipeline.faces.attributes import AttributeInfo
 
 SELECTION_FIELDS = [pa.field("class", pa.int64())]
 TIE_BREAK = 1e-3
-#: Joins the sample-level labels of one sample into one joint label.
-SEP = "\x1f"
 
 
 class BalanceError(PipelineError):
     """The curated candidates cannot meet the requested dataset; the message says what is short."""
 
 
-@dataclass(frozen=True)
-class Bin:
-    """One (attribute, class) target: a share of identities (identity level) or of samples (sample level)."""
-
-    attribute: str
-    cls: str
-    level: str
-    share: float
-
-    @property
-    def name(self) -> str:
-        return f"{self.attribute}={self.cls}"
-
-
 def target_bins(targets: dict[str, dict[str, float]], catalog: dict[str, AttributeInfo]) -> list[Bin]:
     return [Bin(a, c, catalog[a].level, p) for a, shares in targets.items() for c, p in shares.items()]
-
-
-def identity_labels(kept: pd.DataFrame, attribute: str) -> pd.Series:
-    """An identity's label: the most frequent among its kept samples (ties: the lowest variant's); "" = none."""
-    column = f"attr_{attribute}"
-    labelled = kept[kept[column] != ""]
-    counts = labelled.groupby(["identity", column], sort=False).agg(n=("variant", "size"), first=("variant", "min"))
-    counts = counts.reset_index().sort_values(["identity", "n", "first"], ascending=[True, False, True])
-    return counts.drop_duplicates("identity").set_index("identity")[column]
-
-
-def bounds(share: float, total: int, tolerance: float) -> tuple[int, int]:
-    """Smallest and largest count whose share of `total` is within tolerance of `share` (at least the nearest)."""
-    lo = math.ceil((share - tolerance) * total - 1e-9)
-    hi = math.floor((share + tolerance) * total + 1e-9)
-    nearest = round(share * total)
-    return max(0, min(lo, nearest)), min(total, max(hi, nearest))
-
-
-Cell = tuple[tuple[str, ...], tuple[tuple[str, int], ...]]
-
-
-@dataclass
-class Pool:
-    """Eligible identities (>= k kept samples), each with its cell, gathered shard by shard."""
-
-    k: int
-    identity_attrs: list[str]
-    sample_attrs: list[str]
-    cells: dict[Cell, int] = field(default_factory=dict)
-    ids: list[np.ndarray] = field(default_factory=list)
-    cell_of: list[np.ndarray] = field(default_factory=list)
-    seen: int = 0
-
-    def add(self, rows: pd.DataFrame) -> None:
-        """Rows of one shard (key, identity, variant, keep, attr_*), sorted by identity and variant."""
-        kept = rows[rows["keep"]]
-        self.seen += rows["identity"].nunique()
-        sizes = kept.groupby("identity").size()
-        eligible = sizes.index[sizes >= self.k].to_numpy()
-        kept = kept[kept["identity"].isin(eligible)]
-        labels = [identity_labels(kept, a).reindex(eligible, fill_value="") for a in self.identity_attrs]
-        id_keys = list(zip(*(lab.tolist() for lab in labels), strict=True)) if labels else [()] * len(eligible)
-        multisets: dict[int, tuple[tuple[str, int], ...]] = dict.fromkeys(eligible.tolist(), ())
-        if self.sample_attrs:
-            counts = kept.assign(joint=joint_labels(kept, self.sample_attrs)).groupby(["identity", "joint"]).size()
-            for (identity, joint), n in counts.items():
-                multisets[identity] += ((joint, min(int(n), self.k)),)
-        cells = [self.cells.setdefault((key, multisets[i]), len(self.cells)) for key, i in
-                 zip(id_keys, eligible.tolist(), strict=True)]  # fmt: skip
-        self.ids.append(eligible.astype(np.int64))
-        self.cell_of.append(np.asarray(cells, np.int64))
-
-    def eligible(self) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.concatenate(self.ids) if self.ids else np.zeros(0, np.int64)
-        cells = np.concatenate(self.cell_of) if self.cell_of else np.zeros(0, np.int64)
-        return ids, cells
-
-
-def joint_labels(rows: pd.DataFrame, attributes: list[str]) -> np.ndarray:
-    values = rows[f"attr_{attributes[0]}"].astype(str)
-    for a in attributes[1:]:
-        values = values + SEP + rows[f"attr_{a}"].astype(str)
-    return values.to_numpy()
-
-
-def profiles(multiset: tuple[tuple[str, int], ...], k: int) -> list[tuple[int, ...]]:
-    """Every way to pick k samples from a multiset of joint labels: counts per label, in a fixed order."""
-    caps = [n for _, n in multiset]
-    return [c for c in itertools.product(*(range(n + 1) for n in caps)) if sum(c) == k]
 
 
 @dataclass
@@ -198,6 +111,68 @@ def _check_feasible(
         )
 
 
+@dataclass
+class _Program:
+    """The cell program: one integer variable per (cell, sample profile), two deviations per bin, and the
+    constraint rows as (columns, values) with their bounds."""
+
+    variables: list[tuple[int, tuple[int, ...] | None]]
+    n_bins: int
+    entries: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    lower: list[float] = field(default_factory=list)
+    upper: list[float] = field(default_factory=list)
+
+    @property
+    def n_x(self) -> int:
+        return len(self.variables)
+
+    def add(self, cols: np.ndarray, values: np.ndarray, lo: float, hi: float) -> None:
+        self.entries.append((cols, values))
+        self.lower.append(lo)
+        self.upper.append(hi)
+
+    def matrix(self) -> coo_array:
+        r = np.concatenate([np.full(len(cols), i) for i, (cols, _) in enumerate(self.entries)])
+        return coo_array(
+            (np.concatenate([v for _, v in self.entries]), (r, np.concatenate([c for c, _ in self.entries]))),
+            shape=(len(self.entries), self.n_x + 2 * self.n_bins),
+        ).tocsr()
+
+
+def _program(
+    pool: Pool, cells: list[Cell], members_of: dict[int, np.ndarray], ids: np.ndarray, bins: list[Bin],
+    dataset: DatasetParams, tolerance: float,
+) -> tuple[_Program, np.ndarray]:  # fmt: skip
+    """The constraints (dataset size, cell sizes, every bin within tolerance, deviations from its goal) and the
+    cost (deviations, then a tie-break toward low identity ids)."""
+    d, k = dataset.identities, dataset.images_per_identity
+    sample_level = bool(pool.sample_attrs)
+    variables = [(c, p) for c in sorted(members_of) for p in (profiles(cells[c][1], k) if sample_level else [None])]
+    prog = _Program(variables, len(bins))
+    n_x = prog.n_x
+    every = np.arange(n_x)
+    prog.add(every, np.ones(n_x), d, d)
+    var_cell = np.array([c for c, _ in variables])
+    if sample_level:
+        for c, m in members_of.items():
+            cols = np.flatnonzero(var_cell == c)
+            prog.add(cols, np.ones(len(cols)), 0, len(m))
+    cost = np.zeros(n_x + 2 * len(bins))
+    for j, b in enumerate(bins):
+        total = d if b.level == "identity" else d * k
+        hits = np.array([_profile_hits(pool, cells[c], p, b) for c, p in variables], np.float64)
+        lo, hi = bounds(b.share, total, tolerance)
+        prog.add(every, hits, lo, hi)
+        dev = n_x + 2 * j
+        goal = b.share * total
+        prog.add(np.r_[every, dev, dev + 1], np.r_[hits, -1.0, 1.0], goal, goal)  # count - dev+ + dev- == goal
+        cost[dev : dev + 2] = 1.0 / total
+    order = np.sort(ids)
+    cell_rank = {c: float(np.searchsorted(order, m[:d]).mean()) / max(len(ids), 1) for c, m in members_of.items()}
+    cost[:n_x] = [TIE_BREAK * cell_rank[c] / d for c, _ in variables]
+    return prog, cost
+
+
 def _solve(
     pool: Pool,
     cells: list[Cell],
@@ -207,54 +182,14 @@ def _solve(
     dataset: DatasetParams,
     balance: BalanceParams,
 ) -> Plan:
-    d, k = dataset.identities, dataset.images_per_identity
-    sample_level = bool(pool.sample_attrs)
-    variables: list[tuple[int, tuple[int, ...] | None]] = []
-    for c in sorted(members_of):
-        for p in profiles(cells[c][1], k) if sample_level else [None]:
-            variables.append((c, p))
-    n_x, n_bins = len(variables), len(bins)
-    n_vars = n_x + 2 * n_bins
-    entries: list[tuple[np.ndarray, np.ndarray]] = []  # (columns, values) of each constraint row
-    lower: list[float] = []
-    upper: list[float] = []
-
-    def add(cols: np.ndarray, values: np.ndarray, lo: float, hi: float) -> None:
-        entries.append((cols, values))
-        lower.append(lo)
-        upper.append(hi)
-
-    every = np.arange(n_x)
-    add(every, np.ones(n_x), d, d)
-    var_cell = np.array([c for c, _ in variables])
-    if sample_level:
-        for c, m in members_of.items():
-            cols = np.flatnonzero(var_cell == c)
-            add(cols, np.ones(len(cols)), 0, len(m))
-    cost = np.zeros(n_vars)
-    for j, b in enumerate(bins):
-        total = d if b.level == "identity" else d * k
-        hits = np.array([_profile_hits(pool, cells[c], p, b) for c, p in variables], np.float64)
-        lo, hi = bounds(b.share, total, balance.tolerance)
-        add(every, hits, lo, hi)
-        dev = n_x + 2 * j
-        goal = b.share * total
-        add(np.r_[every, dev, dev + 1], np.r_[hits, -1.0, 1.0], goal, goal)  # count - dev+ + dev- == goal
-        cost[dev : dev + 2] = 1.0 / total
-    order = np.sort(ids)
-    cell_rank = {c: float(np.searchsorted(order, m[:d]).mean()) / max(len(ids), 1) for c, m in members_of.items()}
-    cost[:n_x] = [TIE_BREAK * cell_rank[c] / d for c, _ in variables]
-    sizes = np.array([len(members_of[c]) for c, _ in variables], np.float64)
-    r = np.concatenate([np.full(len(cols), i) for i, (cols, _) in enumerate(entries)])
-    matrix = coo_array(
-        (np.concatenate([v for _, v in entries]), (r, np.concatenate([c for c, _ in entries]))),
-        shape=(len(entries), n_vars),
-    ).tocsr()
+    prog, cost = _program(pool, cells, members_of, ids, bins, dataset, balance.tolerance)
+    n_x, n_bins = prog.n_x, len(bins)
+    sizes = np.array([len(members_of[c]) for c, _ in prog.variables], np.float64)
     result = milp(
         cost,
-        constraints=LinearConstraint(matrix, np.array(lower), np.array(upper)),
+        constraints=LinearConstraint(prog.matrix(), np.array(prog.lower), np.array(prog.upper)),
         integrality=np.r_[np.ones(n_x), np.zeros(2 * n_bins)],
-        bounds=Bounds(np.zeros(n_vars), np.r_[sizes, np.full(2 * n_bins, np.inf)]),
+        bounds=Bounds(np.zeros(n_x + 2 * n_bins), np.r_[sizes, np.full(2 * n_bins, np.inf)]),
         options={"time_limit": balance.time_limit, "mip_rel_gap": 1e-6},
     )
     if result.x is None:
@@ -263,7 +198,14 @@ def _solve(
             f"balance.targets: {why} ({', '.join(f'{b.name} {b.share:.2f}' for b in bins)}); generate more "
             "identities, use balance.mode: steer, widen balance.tolerance, or raise balance.time_limit"
         )
-    taken = np.rint(result.x[:n_x]).astype(np.int64)
+    return _plan(pool, cells, members_of, prog.variables, np.rint(result.x[:n_x]).astype(np.int64), bins)
+
+
+def _plan(
+    pool: Pool, cells: list[Cell], members_of: dict[int, np.ndarray],
+    variables: list[tuple[int, tuple[int, ...] | None]], taken: np.ndarray, bins: list[Bin],
+) -> Plan:  # fmt: skip
+    """The lowest ids of each cell, as many as the solution takes, with their sample quotas and bin counts."""
     chosen: list[int] = []
     quota: dict[int, dict[str, int]] = {}
     used = dict.fromkeys(members_of, 0)
@@ -278,7 +220,7 @@ def _solve(
         b.name: int(sum(_profile_hits(pool, cells[c], p, b) * m for (c, p), m in zip(variables, taken, strict=True)))
         for b in bins
     }
-    return Plan(np.sort(np.asarray(chosen, np.int64)), quota if sample_level else None, counts)
+    return Plan(np.sort(np.asarray(chosen, np.int64)), quota if pool.sample_attrs else None, counts)
 
 
 def _profile_hits(pool: Pool, cell: Cell, profile: tuple[int, ...] | None, b: Bin) -> int:

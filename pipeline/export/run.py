@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import pipeline
-from pipeline.config import Params
+from pipeline.config import ExportParams, Params
 from pipeline.curation.consistency import normalise
 from pipeline.curation.table import keep_mask, read_curation, reason_counts
 from pipeline.errors import PipelineError
@@ -43,6 +43,7 @@ from pipeline.shards.io import hashed_atomic, write_json_atomic
 from pipeline.shards.layout import Layout, entry
 from pipeline.shards.notice import description
 from pipeline.shards.writers import CLASS_LABEL_MAX, WRITERS
+from pipeline.weights import WeightsStore
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,11 @@ def run_export(
     candidates_dir: Path,
     selection_path: Path,
     out_dir: Path,
-    weights_dir: Path | None = None,
-    lock_path: Path | None = None,
+    weights: WeightsStore | None = None,
 ) -> dict[str, Any]:
     """Write the dataset into out_dir; returns its manifest. Memory: a candidate shard or an output shard
-    per worker, plus an integer or two per selected sample. The judge (`judge.model`; its files in
-    `weights_dir` or its package, checked against `lock_path`) scores the dataset for the card."""
+    per worker, plus an integer or two per selected sample. The judge (`judge.model`; its files in the
+    weights store or its package) scores the dataset for the card."""
     cand_manifest = json.loads((candidates_dir / MANIFEST).read_text())
     selection = read_curation(selection_path, ["key", "keep", "reason", "class"])
     if selection.num_rows != int(cand_manifest["rows"]):
@@ -151,7 +151,7 @@ def run_export(
     spill_dir = out_dir / SPILL
     spill_dir.mkdir(parents=True)
     try:
-        manifest = _export(params, cand_manifest, candidates_dir, selection, out_dir, spill_dir, weights_dir, lock_path)
+        manifest = _export(params, cand_manifest, candidates_dir, selection, out_dir, spill_dir, weights)
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
     return manifest
@@ -164,16 +164,85 @@ def _export(
     selection: pa.Table,
     out_dir: Path,
     spill_dir: Path,
-    weights_dir: Path | None = None,
-    lock_path: Path | None = None,
+    weights: WeightsStore | None = None,
 ) -> dict[str, Any]:
     ex = params.export
-    keep = keep_mask(selection)
-    selected = np.flatnonzero(keep)
+    selected = np.flatnonzero(keep_mask(selection))
     positions = export_positions(len(selected), params)
     classes = selection.column("class").to_numpy()
-    keys = selection.column("key")
-    shard_paths = shard_files(candidates_dir)
+    tasks = _encode_tasks(ex, cand_manifest, shard_files(candidates_dir), selection, selected, positions, spill_dir)
+    layout = Layout(classes=int(classes[selected].max()) + 1 if len(selected) else 0, samples=len(selected),
+                    image_ext=ex.image_format, name=params.dataset.name)  # fmt: skip
+    writers = {fmt: WRITERS.create(fmt) for fmt in ex.formats}
+    workers = export_workers(ex.workers)
+    with WorkerPool(workers) as pool:
+        start = time.perf_counter()
+        sizes = np.zeros(len(selected), np.int64)
+        for pos, size in pool.map(encode_shard, tasks, "export: encode"):
+            sizes[pos] = size
+        log.info("export: %d samples from %d candidate shards encoded in %.1f s on %d processes", len(selected),
+                 len(tasks), time.perf_counter() - start, workers)  # fmt: skip
+        files, stats, shards = _write_formats(pool, tasks, sizes, positions, layout, writers, ex, out_dir)
+    verdict = None
+    if params.judge.model is not None and len(selected):
+        verdict = run_judge(params.judge.model, params.judge.identities, candidates_dir, out_dir / "metadata.parquet",
+                            weights)  # fmt: skip
+    counts = {
+        "identities": layout.classes,
+        "images_per_identity": params.dataset.images_per_identity,
+        "samples": len(selected),
+        "candidates": int(cand_manifest["rows"]),
+    }
+    card_info = _card_info(params, cand_manifest, selection, counts, stats, writers, shards) | {"judge": verdict}
+    with hashed_atomic(out_dir / "README.md") as fh:
+        fh.write(render_card(card_info).encode())
+    files.append(entry("README.md", None, {"sha256": fh.sha256, "bytes": fh.size}))
+    manifest = {
+        "name": params.dataset.name,
+        "counts": {**counts, "shards": shards},
+        "classes": counts["identities"],
+        "formats": list(ex.formats),
+        "files": files,
+        "generator": cand_manifest["generator"],
+        "embedder_weights": cand_manifest["embedder_weights"],
+        "candidates_fingerprint": cand_manifest["fingerprint"],
+        "params": params.model_dump(mode="json"),
+        "code_version": card_info["code_version"],
+        "judge": verdict,
+    }
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def _card_info(
+    params: Params, cand_manifest: dict, selection: pa.Table, counts: dict[str, int], stats: dict[str, Any],
+    writers: dict[str, Any], shards: int,
+) -> dict[str, Any]:  # fmt: skip
+    """What the dataset card says, but the judge's verdict."""
+    return {
+        "name": params.dataset.name,
+        "generator": cand_manifest["generator"],
+        "embedder_weights": cand_manifest["embedder_weights"],
+        "counts": counts,
+        "reasons": reason_counts(selection),
+        "attributes": stats["attributes"],
+        "quality": stats["quality"],
+        "similarity": stats["similarity"],
+        "formats": list(params.export.formats),
+        "format_notes": [{"folder": w.folder, "files": w.files, "reader": w.reader} for w in writers.values()],
+        "shards": shards,
+        "params": params.model_dump(mode="json"),
+        "code_version": code_version(),
+        "smoke": params.generator.model == "smoke",
+    }
+
+
+def _encode_tasks(
+    ex: ExportParams, cand_manifest: dict, shard_paths: list[Path], selection: pa.Table, selected: np.ndarray,
+    positions: np.ndarray, spill_dir: Path,
+) -> list[EncodeTask]:  # fmt: skip
+    """Pass 1's work: per candidate shard holding selected rows, which rows, their keys, classes and positions."""
+    classes, keys = selection.column("class").to_numpy(), selection.column("key")
     schema_names = pq.read_schema(shard_paths[0]).names if shard_paths else []
     meta_columns = tuple(c for c in schema_names if c not in IMAGE_COLUMNS)
     attr_columns = sorted(c for c in meta_columns if c.startswith("attr_"))
@@ -191,91 +260,44 @@ def _export(
                 image_quality=ex.image_quality, include_full=ex.include_full, text=text,
             ))  # fmt: skip
         offset += int(s["rows"])
-    workers = export_workers(ex.workers)
-    sizes = np.zeros(len(selected), np.int64)
-    with WorkerPool(workers) as pool:
-        start = time.perf_counter()
-        for pos, size in pool.map(encode_shard, tasks, "export: encode"):
-            sizes[pos] = size
-        log.info("export: %d samples from %d candidate shards encoded in %.1f s on %d processes", len(selected),
-                 len(tasks), time.perf_counter() - start, workers)  # fmt: skip
-        start = time.perf_counter()
-        slices = partition(sizes + 1024, ex.samples_per_shard, ex.max_shard_bytes)
-        names = [f"{SHARD_PREFIX}-{k:06d}" for k in range(len(slices))]
-        spills = tuple(t.spill for t in tasks)
-        layout = Layout(classes=int(classes[selected].max()) + 1 if len(selected) else 0, samples=len(selected),
-                        image_ext=ex.image_format, name=params.dataset.name)  # fmt: skip
-        writers = {fmt: WRITERS.create(fmt) for fmt in ex.formats}
-        shard_formats = tuple(f for f, w in writers.items() if w.scope == "shard")
-        # Whole-dataset formats first: each is one long task, and runs beside the shard writes.
-        whole = {f: pool.submit(write_dataset, DatasetTask(f, spills, str(out_dir), layout, int(sizes.sum())))
-                 for f, w in writers.items() if w.scope == "dataset"}  # fmt: skip
-        write_tasks = [WriteTask(name, sl.start, sl.stop, spills, str(out_dir), shard_formats, layout)
-                       for name, sl in zip(names, slices, strict=True)] if shard_formats else []  # fmt: skip
-        starts = np.array([sl.start for sl in slices], np.int64)
-        with ThreadPoolExecutor(1) as thread:  # metadata.parquet in this process while the workers write shards
-            meta = thread.submit(_write_metadata, out_dir / "metadata.parquet", [t.meta_spill for t in tasks],
-                                 positions, starts, names)  # fmt: skip
-            files = [e for entries in pool.map(write_shard, write_tasks, "export: write") for e in entries]
-            for fmt in shard_formats:
-                folder = writers[fmt].folder
-                files += writers[fmt].finish(out_dir, [e for e in files if e["path"].startswith(f"{folder}/")], layout)
-            for fmt, future in whole.items():
-                files += future.result()
-                log.info("export: %s written", fmt)
-            stats = meta.result()
-        files.append(entry("metadata.parquet", len(selected), stats.pop("file")))
-        log.info("export: %d shards x %d shard formats, %d whole-dataset formats and metadata.parquet written "
-                 "in %.1f s", len(slices), len(shard_formats), len(whole), time.perf_counter() - start)  # fmt: skip
-        if "parquet" in ex.formats and layout.classes > CLASS_LABEL_MAX:
-            log.info("export: %d classes > %d: the Parquet `class` column is a plain int64, not a ClassLabel",
-                     layout.classes, CLASS_LABEL_MAX)  # fmt: skip
+    return tasks
 
-    verdict = None
-    if params.judge.model is not None and len(selected):
-        verdict = run_judge(params.judge.model, params.judge.identities, candidates_dir, out_dir / "metadata.parquet",
-                            weights_dir, lock_path)  # fmt: skip
-    counts = {
-        "identities": layout.classes,
-        "images_per_identity": params.dataset.images_per_identity,
-        "samples": len(selected),
-        "candidates": int(cand_manifest["rows"]),
-    }
-    card_info = {
-        "name": params.dataset.name,
-        "generator": cand_manifest["generator"],
-        "embedder_weights": cand_manifest["embedder_weights"],
-        "counts": counts,
-        "reasons": reason_counts(selection),
-        "attributes": stats["attributes"],
-        "quality": stats["quality"],
-        "similarity": stats["similarity"],
-        "formats": list(ex.formats),
-        "format_notes": [{"folder": w.folder, "files": w.files, "reader": w.reader} for w in writers.values()],
-        "shards": len(slices),
-        "params": params.model_dump(mode="json"),
-        "code_version": code_version(),
-        "smoke": params.generator.model == "smoke",
-        "judge": verdict,
-    }
-    with hashed_atomic(out_dir / "README.md") as fh:
-        fh.write(render_card(card_info).encode())
-    files.append(entry("README.md", None, {"sha256": fh.sha256, "bytes": fh.size}))
-    manifest = {
-        "name": params.dataset.name,
-        "counts": {**counts, "shards": len(slices)},
-        "classes": counts["identities"],
-        "formats": list(ex.formats),
-        "files": files,
-        "generator": cand_manifest["generator"],
-        "embedder_weights": cand_manifest["embedder_weights"],
-        "candidates_fingerprint": cand_manifest["fingerprint"],
-        "params": params.model_dump(mode="json"),
-        "code_version": card_info["code_version"],
-        "judge": verdict,
-    }
-    write_json_atomic(out_dir / "manifest.json", manifest)
-    return manifest
+
+def _write_formats(
+    pool: WorkerPool, tasks: list[EncodeTask], sizes: np.ndarray, positions: np.ndarray, layout: Layout,
+    writers: dict[str, Any], ex: ExportParams, out_dir: Path,
+) -> tuple[list[dict[str, Any]], dict[str, Any], int]:  # fmt: skip
+    """Pass 2: every format from the spills (whole-dataset formats beside the shard writes) and metadata.parquet;
+    returns the manifest entries, the card's statistics and the number of output shards."""
+    start = time.perf_counter()
+    slices = partition(sizes + 1024, ex.samples_per_shard, ex.max_shard_bytes)
+    names = [f"{SHARD_PREFIX}-{k:06d}" for k in range(len(slices))]
+    spills = tuple(t.spill for t in tasks)
+    shard_formats = tuple(f for f, w in writers.items() if w.scope == "shard")
+    # Whole-dataset formats first: each is one long task, and runs beside the shard writes.
+    whole = {f: pool.submit(write_dataset, DatasetTask(f, spills, str(out_dir), layout, int(sizes.sum())))
+             for f, w in writers.items() if w.scope == "dataset"}  # fmt: skip
+    write_tasks = [WriteTask(name, sl.start, sl.stop, spills, str(out_dir), shard_formats, layout)
+                   for name, sl in zip(names, slices, strict=True)] if shard_formats else []  # fmt: skip
+    starts = np.array([sl.start for sl in slices], np.int64)
+    with ThreadPoolExecutor(1) as thread:  # metadata.parquet in this process while the workers write shards
+        meta = thread.submit(_write_metadata, out_dir / "metadata.parquet", [t.meta_spill for t in tasks],
+                             positions, starts, names)  # fmt: skip
+        files = [e for entries in pool.map(write_shard, write_tasks, "export: write") for e in entries]
+        for fmt in shard_formats:
+            folder = writers[fmt].folder
+            files += writers[fmt].finish(out_dir, [e for e in files if e["path"].startswith(f"{folder}/")], layout)
+        for fmt, future in whole.items():
+            files += future.result()
+            log.info("export: %s written", fmt)
+        stats = meta.result()
+    files.append(entry("metadata.parquet", len(sizes), stats.pop("file")))
+    log.info("export: %d shards x %d shard formats, %d whole-dataset formats and metadata.parquet written "
+             "in %.1f s", len(slices), len(shard_formats), len(whole), time.perf_counter() - start)  # fmt: skip
+    if "parquet" in ex.formats and layout.classes > CLASS_LABEL_MAX:
+        log.info("export: %d classes > %d: the Parquet `class` column is a plain int64, not a ClassLabel",
+                 layout.classes, CLASS_LABEL_MAX)  # fmt: skip
+    return files, stats, len(slices)
 
 
 def _write_metadata(

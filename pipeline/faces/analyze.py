@@ -11,18 +11,18 @@ are detected again with more room (`attempt`) until complete, then aligned and e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.config import Params
+from pipeline.config import AlignParams, DetectParams, EmbedParams
 from pipeline.faces import align as alignment
 from pipeline.faces.boxes import BOX, COMPLETE, LANDMARKS, N_FACES, PROB, WIDTH, FaceBoxes
 from pipeline.faces.detect import DETECTORS, resolve
 from pipeline.faces.embed import EMBEDDERS
 from pipeline.faces.quality import PIXEL_SCORES, geometry_scores, pixel_scores
+from pipeline.weights import WeightsStore
 
 #: Columns of the host matrix after the detector's: alignment residual, SER-FIQ, pixel scores, then the embedding.
 _RESIDUAL, _SERFIQ = WIDTH, WIDTH + 1
@@ -43,26 +43,27 @@ class FaceResult:
 
 
 class FaceAnalyzer:
-    """Detector, aligner, embedder and scorers configured from `detect`, `align` and `embed` params."""
+    """Detector, aligner, embedder and scorers configured from the `detect`, `align` and `embed` sections."""
 
     def __init__(
         self,
-        params: Params,
+        detect: DetectParams,
+        align: AlignParams,
+        embed: EmbedParams,
         device: torch.device,
         image_size: int,
-        weights_dir: Path | None = None,
-        lock_path: Path | None = None,
+        weights: WeightsStore | None = None,
     ):
-        self.params, self.device = params, device
-        d, e = params.detect, params.embed
+        self.device, self.serfiq_passes = device, embed.serfiq_passes
+        d, e = detect, embed
         self.detector = DETECTORS.create(
             d.model, image_size=image_size, device=device, min_face_size=d.min_face_size,
             thresholds=d.thresholds, factor=d.factor, count_min_prob=d.count_min_prob,
         )  # fmt: skip
-        self.aligner = alignment.Aligner(params.align.size, params.align.margin, device)
+        self.aligner = alignment.Aligner(align.size, align.margin, device)
         self.embedder = EMBEDDERS.create(
-            e.model, weights=e.weights, weights_dir=weights_dir, input_size=e.input_size, device=device,
-            allow_random=e.allow_random, lock_path=lock_path,
+            e.model, weights=e.weights, store=weights, input_size=e.input_size, device=device,
+            allow_random=e.allow_random,
         )  # fmt: skip
 
     @property
@@ -98,7 +99,7 @@ class FaceAnalyzer:
         parts = [
             det.packed,
             residual[:, None],
-            self.embedder.serfiq(features, self.params.embed.serfiq_passes)[:, None],
+            self.embedder.serfiq(features, self.serfiq_passes)[:, None],
             pixel_scores(crops),
             self.embedder.head(features),
         ]

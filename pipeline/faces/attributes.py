@@ -20,7 +20,8 @@ import yaml
 from pipeline.registry import Registry
 
 if TYPE_CHECKING:
-    from pipeline.config import Params
+    from pipeline.config import AttributesParams, BalanceParams
+    from pipeline.weights import WeightsStore
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +112,16 @@ def bin_labels(values: np.ndarray, bins: dict[str, tuple[float, float]]) -> np.n
 class PoseEstimator:
     """attr_yaw, attr_pitch, attr_roll (degrees; NaN without a face) and attr_yaw_bin (`attributes.yaw_bins`)."""
 
-    def __init__(self, params: Params, **_: Any):
-        self.bins = dict(params.attributes.yaw_bins)
-        self.nose_depth = params.attributes.nose_depth
+    def __init__(self, attributes: AttributesParams, **_: Any):
+        self.bins = dict(attributes.yaw_bins)
+        self.nose_depth = attributes.nose_depth
 
     @classmethod
-    def catalog(cls, params: Params) -> dict[str, AttributeInfo]:
-        return {"yaw_bin": AttributeInfo("sample", tuple(params.attributes.yaw_bins))}
+    def catalog(cls, attributes: AttributesParams) -> dict[str, AttributeInfo]:
+        return {"yaw_bin": AttributeInfo("sample", tuple(attributes.yaw_bins))}
 
     @classmethod
-    def continuous(cls, params: Params) -> tuple[str, ...]:
+    def continuous(cls, attributes: AttributesParams) -> tuple[str, ...]:
         return ("yaw", "pitch", "roll")
 
     def __call__(self, batch: AttributeBatch) -> dict[str, np.ndarray]:
@@ -138,11 +139,11 @@ class PoseEstimator:
 class SmokeTruthEstimator:
     """The smoke-test generator's own parameters (known by construction, so balancing can be checked)."""
 
-    def __init__(self, params: Params, generator: Any = None, **_: Any):
+    def __init__(self, attributes: AttributesParams, generator: Any = None, **_: Any):
         self.generator = generator
 
     @classmethod
-    def catalog(cls, params: Params) -> dict[str, AttributeInfo]:
+    def catalog(cls, attributes: AttributesParams) -> dict[str, AttributeInfo]:
         from pipeline.generators.smoke import SKIN_BINS
 
         return {
@@ -151,7 +152,7 @@ class SmokeTruthEstimator:
         }
 
     @classmethod
-    def continuous(cls, params: Params) -> tuple[str, ...]:
+    def continuous(cls, attributes: AttributesParams) -> tuple[str, ...]:
         return ("smoke_yaw", "smoke_pitch", "smoke_roll")
 
     def __call__(self, batch: AttributeBatch) -> dict[str, np.ndarray]:
@@ -161,17 +162,17 @@ class SmokeTruthEstimator:
 class LatentEstimator:
     """attr_latent_<attribute>_<class>: a sample's signed distance along each calibrated W direction."""
 
-    def __init__(self, params: Params, directions: list[Direction] | None = None, **_: Any):
+    def __init__(self, attributes: AttributesParams, directions: list[Direction] | None = None, **_: Any):
         self.directions = directions or []
         if not self.directions:
             log.warning("attributes: the latent estimator has no calibrated directions (run the calibrate stage)")
 
     @classmethod
-    def catalog(cls, params: Params) -> dict[str, AttributeInfo]:
+    def catalog(cls, attributes: AttributesParams) -> dict[str, AttributeInfo]:
         return {}
 
     @classmethod
-    def continuous(cls, params: Params) -> tuple[str, ...]:
+    def continuous(cls, attributes: AttributesParams) -> tuple[str, ...]:
         return ()
 
     def __call__(self, batch: AttributeBatch) -> dict[str, np.ndarray]:
@@ -217,33 +218,28 @@ class ClipEstimator:
 
     def __init__(
         self,
-        params: Params,
+        attributes: AttributesParams,
         device: torch.device | str = "cpu",
-        weights_dir: Path | None = None,
-        lock_path: Path | None = None,
+        weights: WeightsStore | None = None,
         **_: Any,
     ):
         from pipeline.faces.clip import ZeroShotClassifier
 
-        a = params.attributes
+        a = attributes
         self.sets = [load_prompt_set(n) for n in a.clip_attributes]
         self.classifier = ZeroShotClassifier(
-            a.clip_weights,
-            torch.device(device),
-            weights_dir=weights_dir,
-            lock_path=lock_path,
-            allow_random=a.clip_allow_random,
+            a.clip_weights, torch.device(device), store=weights, allow_random=a.clip_allow_random
         )
         self.text = {s.name: self.classifier.class_embeddings([s.prompts(c) for c in s.classes]) for s in self.sets}
 
     @classmethod
-    def catalog(cls, params: Params) -> dict[str, AttributeInfo]:
-        sets = [load_prompt_set(n) for n in params.attributes.clip_attributes]
+    def catalog(cls, attributes: AttributesParams) -> dict[str, AttributeInfo]:
+        sets = [load_prompt_set(n) for n in attributes.clip_attributes]
         return {s.name: AttributeInfo(s.level, tuple(s.classes)) for s in sets}
 
     @classmethod
-    def continuous(cls, params: Params) -> tuple[str, ...]:
-        sets = [load_prompt_set(n) for n in params.attributes.clip_attributes]
+    def continuous(cls, attributes: AttributesParams) -> tuple[str, ...]:
+        sets = [load_prompt_set(n) for n in attributes.clip_attributes]
         return tuple(f"{s.name}_p_{c}" for s in sets for c in s.classes)
 
     def __call__(self, batch: AttributeBatch) -> dict[str, np.ndarray]:
@@ -265,25 +261,25 @@ ATTRIBUTES.register("latent")(LatentEstimator)
 ATTRIBUTES.register("clip")(ClipEstimator)
 
 
-def continuous_attributes(params: Params) -> list[str]:
+def continuous_attributes(attributes: AttributesParams) -> list[str]:
     """Every continuous attribute (an `attr_<name>` float column) the configured estimators write: what
     `variation.edits` can move along."""
-    return [n for e in params.attributes.estimators for n in ATTRIBUTES.get(e).continuous(params)]  # type: ignore[attr-defined]
+    return [n for e in attributes.estimators for n in ATTRIBUTES.get(e).continuous(attributes)]  # type: ignore[attr-defined]
 
 
-def attribute_catalog(params: Params) -> dict[str, AttributeInfo]:
+def attribute_catalog(attributes: AttributesParams) -> dict[str, AttributeInfo]:
     """Every categorical attribute the configured estimators label (no model is loaded)."""
     catalog: dict[str, AttributeInfo] = {}
-    for name in params.attributes.estimators:
-        catalog |= ATTRIBUTES.get(name).catalog(params)  # type: ignore[attr-defined]
+    for name in attributes.estimators:
+        catalog |= ATTRIBUTES.get(name).catalog(attributes)  # type: ignore[attr-defined]
     return catalog
 
 
-def balance_targets(params: Params) -> dict[str, dict[str, float]]:
+def balance_targets(attributes: AttributesParams, balance: BalanceParams) -> dict[str, dict[str, float]]:
     """`balance.targets` with every class of each attribute: classes left out share what is left equally."""
-    catalog = attribute_catalog(params)
+    catalog = attribute_catalog(attributes)
     full = {}
-    for name, shares in params.balance.targets.items():
+    for name, shares in balance.targets.items():
         rest = [c for c in catalog[name].classes if c not in shares]
         left = max(0.0, 1.0 - sum(shares.values()))
         full[name] = {
@@ -293,12 +289,12 @@ def balance_targets(params: Params) -> dict[str, dict[str, float]]:
 
 
 class AttributeAnalyzer:
-    """The configured estimators, run in order on each batch."""
+    """The configured estimators, run in order on each batch. `context` (weights, directions) reaches each."""
 
-    def __init__(self, params: Params, generator: Any, device: torch.device, **context: Any):
+    def __init__(self, attributes: AttributesParams, generator: Any, device: torch.device, **context: Any):
         self.estimators = [
-            ATTRIBUTES.create(name, params, generator=generator, device=device, **context)
-            for name in params.attributes.estimators
+            ATTRIBUTES.create(name, attributes, generator=generator, device=device, **context)
+            for name in attributes.estimators
         ]
 
     def __call__(self, batch: AttributeBatch) -> dict[str, np.ndarray]:

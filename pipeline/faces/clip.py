@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from pipeline.weights import WeightsStore
 
 log = logging.getLogger(__name__)
 
@@ -23,23 +27,23 @@ class ZeroShotClassifier:
         self,
         weights: str,
         device: torch.device,
-        weights_dir: Path | None = None,
-        lock_path: Path | None = None,
+        store: WeightsStore | None = None,
         allow_random: bool = False,
     ):
         import open_clip
 
-        from pipeline.weights import OFFLINE_HINT, WEIGHTS, WeightsError, WeightsLock, verify
+        from pipeline.weights import OFFLINE_HINT, WEIGHTS, WeightsError, WeightsStore
 
         self.device = device
         arch = ARCHITECTURES[weights]
         spec = WEIGHTS[weights]
-        path = (weights_dir or Path("weights")) / spec.file
+        store = store or WeightsStore()
+        path = store.path(spec)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             model = open_clip.create_model(arch, pretrained=None)
         if path.is_file():
-            verify(path, WeightsLock(lock_path) if lock_path else WeightsLock())
+            store.verify(path)
             model.load_state_dict(_load_safetensors(path), strict=True)
             self.weights_name = weights
         elif allow_random:

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.registry import Registry
-from pipeline.weights import (
-    DEFAULT_LOCK,
-    EMBEDDER_WEIGHTS,
-    OFFLINE_HINT,
-    WEIGHTS,
-    WeightsError,
-    WeightsLock,
-    find_embedder_checkpoint,
-    verify,
-)
+from pipeline.weights import EMBEDDER_WEIGHTS, OFFLINE_HINT, WEIGHTS, WeightsError, WeightsStore
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +38,24 @@ class InceptionResnetEmbedder:
     def __init__(
         self,
         weights: str = "vggface2",
-        weights_dir: Path | None = None,
+        store: WeightsStore | None = None,
         input_size: int = 160,
         device: str | torch.device = "cpu",
         allow_random: bool = True,
-        lock_path: Path | None = None,
     ):
         from facenet_pytorch import InceptionResnetV1
 
         self.input_size = input_size
         self.device = torch.device(device)
-        checkpoint = find_embedder_checkpoint(weights, weights_dir)
+        store = store or WeightsStore()
+        checkpoint = store.embedder_checkpoint(weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             net = InceptionResnetV1(pretrained=None, classify=False, num_classes=TRAINING_CLASSES[weights])
         if checkpoint is None and not allow_random:
             spec = WEIGHTS[EMBEDDER_WEIGHTS[weights]]
             raise WeightsError(
-                f"embed.weights: {spec.file} not found in {weights_dir or 'weights'}/ or $TORCH_HOME/checkpoints; "
+                f"embed.weights: {spec.file} not found in {store.folder}/ or $TORCH_HOME/checkpoints; "
                 f"fetch it with `uv run dvc repro weights` ({spec.url}), "
                 f"or set embed.allow_random: true for a plumbing run. {OFFLINE_HINT}"
             )
@@ -77,7 +67,7 @@ class InceptionResnetEmbedder:
             )
             self.weights_name = "none"
         else:
-            verify(checkpoint, WeightsLock(lock_path or DEFAULT_LOCK))
+            store.verify(checkpoint)
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
             net.load_state_dict(state)
             self.weights_name = checkpoint.name

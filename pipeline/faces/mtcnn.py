@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipeline.faces.boxes import FaceBoxes, default_min_face_size
+from pipeline.faces.boxes import FaceBoxes, bbreg, default_min_face_size, iou, rerec
 
 #: MTCNN's constants (facenet-pytorch's detect_face): PNet's cell stride and size, the stage input sizes.
 STRIDE, CELL, RNET_SIZE, ONET_SIZE = 2, 12, 24, 48
@@ -371,33 +371,6 @@ def _crop_frames(boxes: torch.Tensor, limits: torch.Tensor) -> tuple[torch.Tenso
     return torch.cat([origin, (bottom_right - origin).clamp_min(1)], -1), inside
 
 
-def iou(boxes: torch.Tensor, plus_one: bool, metric: str = "iou") -> torch.Tensor:
-    """[B, K, K] overlaps of each image's boxes: IoU as torchvision's nms computes it, or facenet's numpy
-    "Min" (intersection over the smaller box), with +1 pixel sizes where facenet uses them."""
-    a, b = boxes[:, :, None], boxes[:, None]
-    inter = torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])
-    size = boxes[..., 2:] - boxes[..., :2]
-    if plus_one:
-        inter, size = inter + 1.0, size + 1.0
-    inter, area = inter.clamp_min(0.0).prod(-1), size.prod(-1)
-    if metric == "min":
-        return inter / torch.minimum(area[:, :, None], area[:, None])
-    return inter / (area[:, :, None] + area[:, None] - inter)
-
-
 def _take(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """x [B, K, C] reordered along K by order [B, K']."""
     return x.gather(1, order[..., None].expand(-1, -1, x.shape[2]))
-
-
-def rerec(boxes: torch.Tensor) -> torch.Tensor:
-    """facenet's `rerec`: each box squared around its centre on its longer side."""
-    xy, wh = boxes[..., :2], boxes[..., 2:] - boxes[..., :2]
-    side = wh.amax(-1, keepdim=True)
-    xy = xy + wh * 0.5 - side * 0.5
-    return torch.cat([xy, xy + side], -1)
-
-
-def bbreg(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
-    """facenet's `bbreg`: move each corner by the regression times the box's +1 pixel size."""
-    return boxes + reg * (boxes[..., 2:] - boxes[..., :2] + 1).repeat(1, 1, 2)

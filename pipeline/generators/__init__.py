@@ -8,6 +8,7 @@ our `.pt` checkpoints.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,8 +16,10 @@ from torch import nn
 from pipeline.generators.base import Generator
 from pipeline.registry import Registry, UnknownNameError
 
+if TYPE_CHECKING:
+    from pipeline.weights import WeightsStore
+
 GENERATORS: Registry[Generator] = Registry("generator")
-DEFAULT_WEIGHTS_DIR = Path("weights")
 PICKLE_SUFFIXES = (".pkl", ".pt")
 
 
@@ -49,32 +52,32 @@ def require_known_source(source: str) -> None:
         )
 
 
-def _resolve_file(source: str, weights_dir: Path | None, lock_path: Path | None) -> tuple[Path, str, str, str]:
+def _resolve_file(source: str, weights: WeightsStore | None) -> tuple[Path, str, str, str]:
     """(path, sha256, label, license) of a weights name or a file path, verified against the lock."""
-    from pipeline.weights import DEFAULT_LOCK, NVIDIA_LICENSE, WEIGHTS, WeightsError, WeightsLock, verify
+    from pipeline.weights import NVIDIA_LICENSE, WEIGHTS, WeightsError, WeightsStore
 
-    lock = WeightsLock(lock_path or DEFAULT_LOCK)
+    weights = weights or WeightsStore()
     spec = WEIGHTS.get(source)
     if spec is not None:
-        path = (weights_dir or DEFAULT_WEIGHTS_DIR) / spec.file
+        path = weights.path(spec)
         if not path.is_file():
             raise WeightsError(
                 f"generator.model: {path} not found; fetch it with `uv run dvc repro weights` (downloads {spec.url}), "
                 "or run offline with `uv run dvc exp run -S preset=smoke`"
             )
-        return path, verify(path, lock), f"{spec.name} (NVIDIA pretrained)", spec.license
+        return path, weights.verify(path), f"{spec.name} (NVIDIA pretrained)", spec.license
     path = Path(source)
     if not path.is_file():
         raise WeightsError(f"generator.model: file {path} not found")
-    return path, verify(path, lock), path.name, f"as distributed with {path.name} (NVIDIA pickles: {NVIDIA_LICENSE})"
+    return path, weights.verify(path), path.name, f"as distributed with {path.name} (NVIDIA pickles: {NVIDIA_LICENSE})"
 
 
-def _load_networks(source: str, weights_dir: Path | None, lock_path: Path | None) -> dict[str, nn.Module]:
+def _load_networks(source: str, weights: WeightsStore | None) -> dict[str, nn.Module]:
     """Every network in the file `source` names (G_ema, D), read and sha256-verified once."""
     from pipeline.generators.checkpoint import load_networks
 
     require_known_source(source)
-    path, digest, label, license_text = _resolve_file(source, weights_dir, lock_path)
+    path, digest, label, license_text = _resolve_file(source, weights)
     networks = load_networks(path)
     for module in networks.values():
         module.sha256, module.label, module.license = digest, label, license_text
@@ -91,13 +94,12 @@ def load_models(
     source: str,
     device: str | torch.device = "cpu",
     resolution: int | None = None,
-    weights_dir: Path | None = None,
-    lock_path: Path | None = None,
+    weights: WeightsStore | None = None,
 ) -> tuple[Generator, nn.Module | None]:
     """The generator and, when its file carries one, the discriminator: the file is read once."""
     if source in GENERATORS:
         return load_generator(source, device, resolution), None
-    networks = _load_networks(source, weights_dir, lock_path)
+    networks = _load_networks(source, weights)
     generator = _pick(networks, "G_ema", source).eval().requires_grad_(False).to(device)
     disc = networks.get("D")
     return generator, None if disc is None else disc.to(device)
@@ -107,22 +109,21 @@ def load_generator(
     source: str,
     device: str | torch.device = "cpu",
     resolution: int | None = None,
-    weights_dir: Path | None = None,
-    lock_path: Path | None = None,
+    weights: WeightsStore | None = None,
 ) -> Generator:
     """Build the generator `source` names, in eval mode on `device`."""
     if source in GENERATORS:
         generator = GENERATORS.create(source, resolution=resolution)
     else:
-        generator = _pick(_load_networks(source, weights_dir, lock_path), "G_ema", source)
+        generator = _pick(_load_networks(source, weights), "G_ema", source)
     return generator.eval().requires_grad_(False).to(device)
 
 
 def load_discriminator(
-    source: str, device: str | torch.device = "cpu", weights_dir: Path | None = None, lock_path: Path | None = None
+    source: str, device: str | torch.device = "cpu", weights: WeightsStore | None = None
 ) -> nn.Module:
     """The StyleGAN2 discriminator a network pickle carries: D(img, c) -> logits [N, 1]."""
-    return _pick(_load_networks(source, weights_dir, lock_path), "D", source).to(device)
+    return _pick(_load_networks(source, weights), "D", source).to(device)
 
 
 __all__ = ["GENERATORS", "Generator", "load_discriminator", "load_generator", "load_models"]

@@ -52,7 +52,8 @@ def load_networks(path: str | Path) -> dict[str, Any]:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
             raise NetworkPickleError(f"{path}: not a synthfaces network checkpoint")
-        from pipeline.generators.stylegan2 import Discriminator, StyleGAN2Generator
+        from pipeline.generators.stylegan2 import StyleGAN2Generator
+        from pipeline.generators.stylegan2_discriminator import Discriminator
         from pipeline.generators.stylegan3 import StyleGAN3Generator
 
         classes = {

@@ -214,7 +214,8 @@ def network_family(obj: PersistentObject) -> str:
 
 def build_network(obj: PersistentObject) -> nn.Module:
     """Our module for a pickled network: constructed from its arguments, loaded with its state (strict)."""
-    from pipeline.generators.stylegan2 import Discriminator, StyleGAN2Generator
+    from pipeline.generators.stylegan2 import StyleGAN2Generator
+    from pipeline.generators.stylegan2_discriminator import Discriminator
     from pipeline.generators.stylegan3 import StyleGAN3Generator
 
     family = network_family(obj)

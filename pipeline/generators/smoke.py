@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -101,24 +102,57 @@ class SmokeGenerator(Generator):
         return img * 2.0 - 1.0
 
 
-def _render(p: dict[str, torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
-    """Draw faces back to front; returns [N, 3, size, size] in [0, 1]."""
-    n = p["yaw"].shape[0]
+@dataclass
+class _Canvas:
+    """A batch of n images being painted: per-image columns, colours and alpha blending."""
 
-    def col(v: torch.Tensor) -> torch.Tensor:
-        return v.view(n, 1, 1)
+    n: int
+    device: torch.device
+    eps: float  # edge softness: 1.5 pixels
 
-    def rgb(*values: torch.Tensor | float) -> torch.Tensor:
-        return torch.stack([torch.as_tensor(v, device=device).expand(n) for v in values], 1).view(n, 3, 1, 1)
+    def col(self, v: torch.Tensor) -> torch.Tensor:
+        return v.view(self.n, 1, 1)
 
+    def rgb(self, *values: torch.Tensor | float) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(v, device=self.device).expand(self.n) for v in values], 1).view(
+            self.n, 3, 1, 1
+        )
+
+    @staticmethod
     def paint(img: torch.Tensor, mask: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
         m = mask.unsqueeze(1)
         return img * (1 - m) + m * colour
 
+
+@dataclass
+class _Face:
+    """The face's frame (coordinates turned by yaw and pitch), size, colours and where its features sit."""
+
+    fx: torch.Tensor
+    fy: torch.Tensor
+    fw: torch.Tensor
+    fh: torch.Tensor
+    yaw: torch.Tensor
+    skin: torch.Tensor
+    hair: torch.Tensor
+    sx: torch.Tensor  # the features' shift by yaw
+    eye_y: torch.Tensor
+
+
+def _render(p: dict[str, torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
+    """Draw faces back to front; returns [N, 3, size, size] in [0, 1]."""
+    c = _Canvas(p["yaw"].shape[0], device, 1.5 / size)
+    img, face = _head(c, p, size)
+    img = _eyes(c, p, face, img)
+    return _nose_and_mouth(c, p, face, img).clamp(0, 1)
+
+
+def _head(c: _Canvas, p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, _Face]:
+    """Background, neck, hair and the shaded face; the face's frame for the features."""
+    n, device, eps, col, rgb, paint = c.n, c.device, c.eps, c.col, c.rgb, c.paint
     lin = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size * 2 - 1
     y, x = torch.meshgrid(lin, lin, indexing="ij")
     x, y = x.expand(n, size, size), y.expand(n, size, size)
-    eps = 1.5 / size
     yaw, pitch, roll = (torch.deg2rad(col(p[k])) for k in ("yaw", "pitch", "roll"))
     xs, ys = (x - col(p["tx"])) / col(p["scale"]), (y - col(p["ty"])) / col(p["scale"])
     xr = xs * torch.cos(roll) + ys * torch.sin(roll)
@@ -149,23 +183,34 @@ def _render(p: dict[str, torch.Tensor], size: int, device: torch.device) -> torc
     img = paint(img, fringe * (face + back_hair).clamp(0, 1), hair)
 
     sx, sy = torch.sin(yaw) * 0.6 * fw, torch.sin(pitch) * 0.5 * fh
-    eye_y = -0.12 * fh + sy
+    return img, _Face(fx, fy, fw, fh, yaw, skin, hair, sx, -0.12 * fh + sy)
+
+
+def _eyes(c: _Canvas, p: dict[str, torch.Tensor], f: _Face, img: torch.Tensor) -> torch.Tensor:
+    """Brows, sockets, whites, irises and pupils, looking along the head's yaw."""
+    eps, col, rgb, paint = c.eps, c.col, c.rgb, c.paint
+    fx, fy, fw, eye_y = f.fx, f.fy, f.fw, f.eye_y
     er = col(p["eye_r"]) * fw
     iris = rgb(p["iris_r"], p["iris_g"], p["iris_b"])
     for side in (-1.0, 1.0):
-        ex = side * col(p["eye_dx"]) * fw * torch.cos(yaw) + sx
+        ex = side * col(p["eye_dx"]) * fw * torch.cos(f.yaw) + f.sx
         brow = _soft(_ellipse_sdf(fx, fy, ex, eye_y - er * 1.9, er * 1.6, er * 0.38 * col(p["brow"])), eps)
-        img = paint(img, brow, hair * 0.6)
+        img = paint(img, brow, f.hair * 0.6)
         socket = _soft(_ellipse_sdf(fx, fy, ex, eye_y, er * 1.6, er * 1.1), eps * 4) * 0.25
-        img = paint(img, socket, skin * 0.5)
+        img = paint(img, socket, f.skin * 0.5)
         white = _soft(_ellipse_sdf(fx, fy, ex, eye_y, er * 1.25, er * 0.62 * col(p["eye_open"])), eps)
         img = paint(img, white, rgb(0.93, 0.92, 0.9))
-        gaze = ex + torch.sin(yaw) * er * 0.5
+        gaze = ex + torch.sin(f.yaw) * er * 0.5
         img = paint(img, _soft(_ellipse_sdf(fx, fy, gaze, eye_y, er * 0.55, er * 0.55), eps) * white, iris)
         img = paint(
             img, _soft(_ellipse_sdf(fx, fy, gaze, eye_y, er * 0.25, er * 0.25), eps) * white, rgb(0.05, 0.05, 0.05)
         )
+    return img
 
+
+def _nose_and_mouth(c: _Canvas, p: dict[str, torch.Tensor], f: _Face, img: torch.Tensor) -> torch.Tensor:
+    eps, col, rgb, paint = c.eps, c.col, c.rgb, c.paint
+    fx, fy, fw, fh, sx, skin, eye_y = f.fx, f.fy, f.fw, f.fh, f.sx, f.skin, f.eye_y
     nose_len = col(p["nose_len"]) * fh
     nose_x = sx * 1.2
     ridge = _soft(_ellipse_sdf(fx, fy, nose_x + 0.02, eye_y + nose_len * 0.55, 0.07 * fw, nose_len * 0.5), eps * 3)
@@ -181,5 +226,4 @@ def _render(p: dict[str, torch.Tensor], size: int, device: torch.device) -> torc
     lips = _soft(_ellipse_sdf(fx, bend, sx, mouth_y, mw, 0.028 + 0.03 * opening), eps)
     img = paint(img, lips, rgb(0.55, 0.18, 0.2) * skin.mean(1, keepdim=True) * 1.6)
     inner = _soft(_ellipse_sdf(fx, bend, sx, mouth_y, mw * 0.8, 0.005 + 0.025 * opening), eps)
-    img = paint(img, inner, rgb(0.1, 0.1, 0.1))
-    return img.clamp(0, 1)
+    return paint(img, inner, rgb(0.1, 0.1, 0.1))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.config import Params
+from pipeline.config import GeneratorParams, VariationParams
 from pipeline.generators.base import Generator
 
 
@@ -39,72 +39,80 @@ def identity_latent(seed: int, identity: int, attempt: int, dim: int) -> np.ndar
     return _normal(seed, identity, attempt, SEPARATION_TRY, dim)
 
 
-def make_ws(
-    generator: Generator,
-    params: Params,
-    identities: np.ndarray,
-    variants: np.ndarray,
-    device: torch.device,
-    offsets: np.ndarray | None = None,
-    tries: np.ndarray | None = None,
-    edits: np.ndarray | None = None,
-) -> torch.Tensor:
-    """ws [N, num_ws, w_dim] for each (identity, variant) pair, on `device`.
+class Latents:
+    """ws for (identity, variant) pairs of one generator on one device, from `seed`, the truncation of the
+    `generator` section and the `variation` section; every random number from (seed, identity, variant)."""
 
-    `offsets` [N, w_dim] move the identity's latent (every layer of the canonical ws, before
-    style mixing), which is how steering changes who a person is and nothing else. `tries` [N] pick
-    the separation try of each identity's latent (0: its own). `edits` [N, w_dim] move layers
-    [edit_start, edit_stop) of a variant (identities/variation.py)."""
-    g, v = params.generator, params.variation
-    seed = params.seed
-    attempts = np.zeros(len(identities), np.int64) if tries is None else np.asarray(tries)
-    z_id = np.stack(
-        [identity_latent(seed, int(i), int(t), generator.z_dim) for i, t in zip(identities, attempts, strict=True)]
-    )
-    jitter = np.stack(
-        [_normal(seed, int(i), int(k), JITTER, generator.z_dim) if k > 0 else np.zeros(generator.z_dim)
-         for i, k in zip(identities, variants, strict=True)]
-    )  # fmt: skip
-    z_mix = np.stack(
-        [_normal(seed, int(i), int(k), MIX, generator.z_dim) for i, k in zip(identities, variants, strict=True)]
-    )
-    z = torch.from_numpy(z_id + v.latent_jitter * jitter).to(device, torch.float32)
-    ws = generator.mapping(z, None, truncation_psi=g.truncation_psi, truncation_cutoff=g.truncation_cutoff)
-    if offsets is not None:
-        ws = ws + torch.from_numpy(np.asarray(offsets, np.float32)).to(device)[:, None, :]
-    if edits is not None:
-        start, stop = v.edit_layers(generator.num_ws)
-        ws[:, start:stop] += torch.from_numpy(np.asarray(edits, np.float32)).to(device)[:, None, :]
-    mixed = torch.from_numpy(variants > 0).to(device)
-    stop = v.mix_stop or generator.num_ws
-    if v.mix and v.mix_start < stop and bool(mixed.any()):
-        z_m = torch.from_numpy(z_mix).to(device, torch.float32)
-        ws_mix = generator.mapping(z_m, None, truncation_psi=g.truncation_psi, truncation_cutoff=g.truncation_cutoff)
-        layers = slice(v.mix_start, stop)
-        ws[mixed, layers] = ws_mix[mixed, layers]
-    return ws
+    def __init__(
+        self, generator: Generator, seed: int, g: GeneratorParams, variation: VariationParams, device: torch.device
+    ):
+        self.generator, self.seed, self.variation, self.device = generator, seed, variation, device
+        self.psi, self.cutoff = g.truncation_psi, g.truncation_cutoff
+
+    @property
+    def edit_layers(self) -> tuple[int, int]:
+        return self.variation.edit_layers(self.generator.num_ws)
+
+    def _map(self, z: np.ndarray) -> torch.Tensor:
+        z_t = torch.from_numpy(z).to(self.device, torch.float32)
+        return self.generator.mapping(z_t, None, truncation_psi=self.psi, truncation_cutoff=self.cutoff)
+
+    def ws(
+        self,
+        identities: np.ndarray,
+        variants: np.ndarray,
+        offsets: np.ndarray | None = None,
+        tries: np.ndarray | None = None,
+        edits: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        """ws [N, num_ws, w_dim] for each (identity, variant) pair, on the device.
+
+        `offsets` [N, w_dim] move the identity's latent (every layer of the canonical ws, before
+        style mixing), which is how steering changes who a person is and nothing else. `tries` [N] pick
+        the separation try of each identity's latent (0: its own). `edits` [N, w_dim] move layers
+        [edit_start, edit_stop) of a variant (identities/variation.py)."""
+        v, seed, dim = self.variation, self.seed, self.generator.z_dim
+        attempts = np.zeros(len(identities), np.int64) if tries is None else np.asarray(tries)
+        z_id = np.stack([identity_latent(seed, int(i), int(t), dim) for i, t in zip(identities, attempts, strict=True)])
+        jitter = np.stack(
+            [_normal(seed, int(i), int(k), JITTER, dim) if k > 0 else np.zeros(dim)
+             for i, k in zip(identities, variants, strict=True)]
+        )  # fmt: skip
+        z_mix = np.stack([_normal(seed, int(i), int(k), MIX, dim) for i, k in zip(identities, variants, strict=True)])
+        ws = self._map(z_id + v.latent_jitter * jitter)
+        if offsets is not None:
+            ws = ws + torch.from_numpy(np.asarray(offsets, np.float32)).to(self.device)[:, None, :]
+        if edits is not None:
+            start, stop = self.edit_layers
+            ws[:, start:stop] += torch.from_numpy(np.asarray(edits, np.float32)).to(self.device)[:, None, :]
+        mixed = torch.from_numpy(variants > 0).to(self.device)
+        stop = v.mix_stop or self.generator.num_ws
+        if v.mix and v.mix_start < stop and bool(mixed.any()):
+            ws_mix = self._map(z_mix)
+            layers = slice(v.mix_start, stop)
+            ws[mixed, layers] = ws_mix[mixed, layers]
+        return ws
+
+    def transforms(self, identities: np.ndarray, variants: np.ndarray) -> np.ndarray | None:
+        """Per-sample inverse input transforms [N, 3, 3] (StyleGAN3) for variants: a random translation in
+        [-translate, translate] per axis and rotation in [-rotate, rotate] degrees; identity for variant 0."""
+        from pipeline.generators.stylegan3 import make_transform
+
+        v = self.variation
+        if v.translate == 0 and v.rotate == 0:
+            return None
+        out = np.tile(np.eye(3), (len(identities), 1, 1))
+        for k, (i, var) in enumerate(zip(identities, variants, strict=True)):
+            if var > 0:
+                rng = np.random.default_rng([self.seed, int(i), int(var), TRANSFORM])
+                tx, ty, angle = rng.uniform(-1, 1, 3) * [v.translate, v.translate, v.rotate]
+                out[k] = np.linalg.inv(make_transform((tx, ty), angle))
+        return out
 
 
-def input_transforms(params: Params, identities: np.ndarray, variants: np.ndarray) -> np.ndarray | None:
-    """Per-sample inverse input transforms [N, 3, 3] (StyleGAN3) for variants: a random translation in
-    [-translate, translate] per axis and rotation in [-rotate, rotate] degrees; identity for variant 0."""
-    from pipeline.generators.stylegan3 import make_transform
-
-    v = params.variation
-    if v.translate == 0 and v.rotate == 0:
-        return None
-    out = np.tile(np.eye(3), (len(identities), 1, 1))
-    for k, (i, var) in enumerate(zip(identities, variants, strict=True)):
-        if var > 0:
-            rng = np.random.default_rng([params.seed, int(i), int(var), TRANSFORM])
-            tx, ty, angle = rng.uniform(-1, 1, 3) * [v.translate, v.translate, v.rotate]
-            out[k] = np.linalg.inv(make_transform((tx, ty), angle))
-    return out
-
-
-def check_variation(generator: Generator, params: Params) -> list[str]:
+def check_variation(generator: Generator, v: VariationParams) -> list[str]:
     """Problems with `variation` that need the model's layer count (reported like config errors)."""
-    v, n = params.variation, generator.num_ws
+    n = generator.num_ws
     problems = []
     if (v.translate or v.rotate) and getattr(generator, "family", "") != "stylegan3":
         problems.append("variation.translate/rotate: need a StyleGAN3 generator (set them to 0)")

@@ -54,18 +54,124 @@ def judge_section(j: dict[str, Any], smoke: bool) -> str:
     return text
 
 
+def _contents(info: dict[str, Any]) -> str:
+    counts = info["counts"]
+    rows = [
+        ("identities (classes)", counts["identities"]),
+        ("images per identity", counts["images_per_identity"]),
+        ("samples", counts["samples"]),
+        ("candidates generated", counts["candidates"]),
+        ("output shards", info["shards"]),
+        ("formats", ", ".join(info["formats"])),
+    ]
+    files = [(f"`{f['folder']}/`", f["files"], f["reader"]) for f in info["format_notes"]]
+    files += [
+        ("`metadata.parquet`", "every sample, no pixels, with embeddings", "pyarrow, pandas"),
+        ("`manifest.json`", "counts, params, sha256 of every file", "`synthfaces verify`"),
+    ]
+    return (
+        "## Contents\n"
+        + _table(rows, ("what", "count"))
+        + "\n\n## Files\n"
+        + _table(files, ("path", "what", "read with"))
+    )
+
+
+def _how_built(info: dict[str, Any]) -> str:
+    gen = info["generator"]
+    rows = [
+        ("generator", f"`{gen['model']}` (sha256 `{gen['sha256'][:16]}…`)"),
+        ("generator license", gen["license"]),
+        ("identity embedder", f"InceptionResnetV1, weights `{info['embedder_weights']}`"),
+        ("truncation psi", info["params"]["generator"]["truncation_psi"]),
+        ("seed", info["params"]["seed"]),
+        ("code", info["code_version"]),
+    ]
+    text = (
+        "## How it was built\n"
+        + _table(rows, ("what", "value"))
+        + "\n\nPipeline: generate → filter (detector and quality rules) → dedup (within-identity "
+        "consistency, cross-identity FAISS dedup) → balance → export. Full params are in `manifest.json`."
+    )
+    if info["embedder_weights"] == "none":
+        text += (
+            "\n\n> **Warning:** the identity embedder ran with random weights (no checkpoint was present), so "
+            "consistency and dedup decisions are not meaningful."
+        )
+    return text
+
+
+#: Why a quality score may be missing, per column (shown instead of NaN percentiles).
+NOT_SCORED = {"q_disc": "not scored (`generator.disc_score: false`; the discriminator costs as much as generation)"}
+
+
+def _quality(info: dict[str, Any]) -> str:
+    """Percentiles of each score over the kept samples; a score nobody computed says so, and one whose printed
+    percentiles are all the same is named, with the reason where it is known."""
+    rows, constant = [], []
+    for k, pcts in sorted(info["quality"].items()):
+        if all(v != v for v in pcts):  # NaN: never computed
+            rows.append((k, NOT_SCORED.get(k, "not scored"), "", ""))
+            continue
+        shown = [f"{v:.3g}" for v in pcts]
+        rows.append((k, *shown))
+        if len(set(shown)) == 1:
+            constant.append(f"`{k}`")
+    text = "## Quality of the kept samples\n" + _table(rows, ("score", "p5", "median", "p95"))
+    if constant:
+        text += f"\n\n> {', '.join(constant)}: about the same value for every kept sample"
+        if "`q_serfiq`" in constant and info["embedder_weights"] == "none":
+            text += (
+                " (`q_serfiq`: SER-FIQ with the random-weight embedder, whose dropout passes barely differ, so it "
+                "says nothing about a face here; it needs the real embedder weights)"
+            )
+        text += "."
+    return text
+
+
+def _curation(info: dict[str, Any]) -> list[str]:
+    reasons = sorted(info["reasons"].items(), key=lambda kv: -kv[1])
+    parts = [
+        "## Curation\nCandidates rejected, by first reason:\n\n"
+        + _table(reasons or [("(none)", 0)], ("reason", "count"))
+    ]
+    if info["quality"]:
+        parts.append(_quality(info))
+    if info["similarity"]:
+        s = info["similarity"]
+        rows = [
+            ("genuine (same identity)", f"{s['genuine_mean']:.3f}"),
+            ("impostor (different identities)", f"{s['impostor_mean']:.3f}"),
+        ]
+        parts.append("## Identity similarity (cosine of embeddings)\n" + _table(rows, ("pairs", "mean")))
+    return parts
+
+
+def _use_and_license(gen: dict[str, Any]) -> str:
+    return (
+        "## Intended use\nTraining and evaluating face-recognition models without photographs of real people. "
+        "\n\n## Out-of-scope and misuse\nDo not present these images as real people, use them to deceive, or "
+        "use them to impersonate anyone. Do not remove the embedded synthetic-media notice."
+        "\n\n## Limitations\nGenerator biases carry over: attribute distributions reflect the generator's "
+        "training data and the balance targets, not any population. Identity separation is only as good as "
+        "the embedder used for dedup. A generator may reproduce faces close to real people from its training "
+        "set; check against a reference set of real identities before release."
+        f"\n\n## License\nImages are derived from `{gen['model']}`, whose weights are under: {gen['license']}. "
+        "That license governs the use of this dataset."
+    )
+
+
 def render_card(info: dict[str, Any]) -> str:
     """`info`: name, generator (model, label, license, license_id, sha256), embedder_weights, counts,
     reasons, attributes {column: {value: count}}, quality {column: (p5, p50, p95)}, similarity,
     formats, format_notes [{folder, files, reader}], shards, params, code_version, smoke, judge (or None)."""
     gen = info["generator"]
-    counts = info["counts"]
     front = {
         "license": gen.get("license_id", "other"),
         "pretty_name": info["name"],
         "task_categories": ["image-classification"],
         "tags": ["synthetic", "face-recognition", "synthfaces"],
-        "size_categories": [size_category(counts["samples"])],
+        "size_categories": [size_category(info["counts"]["samples"])],
     }
     if front["license"] == "other":
         front["license_name"] = gen["license"]
@@ -79,82 +185,12 @@ def render_card(info: dict[str, Any]) -> str:
         "synthetic-media notice (IPTC DigitalSourceType `trainedAlgorithmicMedia` in XMP, and an "
         "EXIF ImageDescription)."
     )
-    parts.append(
-        "## Contents\n"
-        + _table(
-            [
-                ("identities (classes)", counts["identities"]),
-                ("images per identity", counts["images_per_identity"]),
-                ("samples", counts["samples"]),
-                ("candidates generated", counts["candidates"]),
-                ("output shards", info["shards"]),
-                ("formats", ", ".join(info["formats"])),
-            ],
-            ("what", "count"),
-        )
-    )
-    files = [(f"`{f['folder']}/`", f["files"], f["reader"]) for f in info["format_notes"]]
-    files += [
-        ("`metadata.parquet`", "every sample, no pixels, with embeddings", "pyarrow, pandas"),
-        ("`manifest.json`", "counts, params, sha256 of every file", "`synthfaces verify`"),
-    ]
-    parts.append("## Files\n" + _table(files, ("path", "what", "read with")))
-    parts.append(
-        "## How it was built\n"
-        + _table(
-            [
-                ("generator", f"`{gen['model']}` (sha256 `{gen['sha256'][:16]}…`)"),
-                ("generator license", gen["license"]),
-                ("identity embedder", f"InceptionResnetV1, weights `{info['embedder_weights']}`"),
-                ("truncation psi", info["params"]["generator"]["truncation_psi"]),
-                ("seed", info["params"]["seed"]),
-                ("code", info["code_version"]),
-            ],
-            ("what", "value"),
-        )
-        + "\n\nPipeline: generate → filter (detector and quality rules) → dedup (within-identity "
-        "consistency, cross-identity FAISS dedup) → balance → export. Full params are in `manifest.json`."
-    )
-    if info["embedder_weights"] == "none":
-        parts.append(
-            "> **Warning:** the identity embedder ran with random weights (no checkpoint was present), so "
-            "consistency and dedup decisions are not meaningful."
-        )
-    reasons = sorted(info["reasons"].items(), key=lambda kv: -kv[1])
-    parts.append(
-        "## Curation\nCandidates rejected, by first reason:\n\n"
-        + _table(reasons or [("(none)", 0)], ("reason", "count"))
-    )
-    if info["quality"]:
-        rows = [(k, *(f"{v:.3g}" for v in pcts)) for k, pcts in sorted(info["quality"].items())]
-        parts.append("## Quality of the kept samples\n" + _table(rows, ("score", "p5", "median", "p95")))
-    if info["similarity"]:
-        s = info["similarity"]
-        parts.append(
-            "## Identity similarity (cosine of embeddings)\n"
-            + _table(
-                [
-                    ("genuine (same identity)", f"{s['genuine_mean']:.3f}"),
-                    ("impostor (different identities)", f"{s['impostor_mean']:.3f}"),
-                ],
-                ("pairs", "mean"),
-            )
-        )
+    parts += [_contents(info), _how_built(info), *_curation(info)]
     if info.get("judge"):
         parts.append(judge_section(info["judge"], bool(info.get("smoke"))))
     for column, dist in sorted(info["attributes"].items()):
         total = sum(dist.values()) or 1
         rows = [(value, n, f"{100 * n / total:.1f}%") for value, n in sorted(dist.items())]
         parts.append(f"## Attribute `{column}`\n" + _table(rows, ("value", "samples", "share")))
-    parts.append(
-        "## Intended use\nTraining and evaluating face-recognition models without photographs of real people. "
-        "\n\n## Out-of-scope and misuse\nDo not present these images as real people, use them to deceive, or "
-        "use them to impersonate anyone. Do not remove the embedded synthetic-media notice."
-        "\n\n## Limitations\nGenerator biases carry over: attribute distributions reflect the generator's "
-        "training data and the balance targets, not any population. Identity separation is only as good as "
-        "the embedder used for dedup. A generator may reproduce faces close to real people from its training "
-        "set; check against a reference set of real identities before release."
-        f"\n\n## License\nImages are derived from `{gen['model']}`, whose weights are under: {gen['license']}. "
-        "That license governs the use of this dataset."
-    )
+    parts.append(_use_and_license(gen))
     return "\n\n".join(parts) + "\n"

@@ -25,7 +25,7 @@ from pipeline.errors import PipelineError
 from pipeline.registry import Registry
 from pipeline.report.verification import HISTOGRAM_EDGES, verification_rates
 from pipeline.shards.candidates import candidate_images
-from pipeline.weights import WEIGHTS, WeightsLock, find_judge_file, verify
+from pipeline.weights import WEIGHTS, WeightsStore
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +49,21 @@ class DlibJudge:
     name = "dlib_resnet"
     label = "dlib ResNet-34 face descriptor (dlib_face_recognition_resnet_model_v1, 128-d)"
 
-    def __init__(self, weights_dir: Path | None = None, lock_path: Path | None = None):
+    def __init__(self, store: WeightsStore | None = None):
         try:
             import dlib
         except ImportError as err:
             raise PipelineError(f"judge.model: dlib_resnet needs dlib; {INSTALL_HINT}") from err
-        lock = WeightsLock(lock_path) if lock_path else None
+        store = store or WeightsStore()
         paths = {}
         for key in ("dlib-resnet-v1", "dlib-shape-5"):
-            path = find_judge_file(WEIGHTS[key].file, weights_dir)
+            path = store.judge_file(WEIGHTS[key].file)
             if path is None:
                 raise PipelineError(
-                    f"judge.model: {WEIGHTS[key].file} not found in {weights_dir or 'weights'}/ or the "
+                    f"judge.model: {WEIGHTS[key].file} not found in {store.folder}/ or the "
                     f"face_recognition_models package; {INSTALL_HINT}, or set judge.model: null"
                 )
-            if lock is not None:
-                verify(path, lock)
+            store.verify(path)
             paths[key] = path
         self._dlib = dlib
         self.shapes = dlib.shape_predictor(str(paths["dlib-shape-5"]))
@@ -139,11 +138,11 @@ def judge_dataset(judge: Judge, samples: pa.Table, images: dict[str, bytes]) -> 
 
 
 def run_judge(
-    model: str, identities: int, candidates: Path, metadata: Path, weights_dir: Path | None, lock_path: Path | None
+    model: str, identities: int, candidates: Path, metadata: Path, store: WeightsStore | None = None
 ) -> dict[str, Any]:
     """The judge `model` on `identities` classes of the dataset whose metadata.parquet is `metadata`."""
     samples = judge_samples(metadata, identities)
-    judge = JUDGES.create(model, weights_dir=weights_dir, lock_path=lock_path)
+    judge = JUDGES.create(model, store=store)
     verdict = judge_dataset(judge, samples, candidate_images(candidates, set(samples.column("key").to_pylist())))
     log.info("judge %s: %d samples of %d classes, EER %s", model, verdict["samples"], verdict["classes"],
              f"{verdict['eer']:.3f}" if "eer" in verdict else "n/a")  # fmt: skip

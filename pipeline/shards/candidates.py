@@ -145,7 +145,7 @@ class ShardStore:
         if marker is None:
             return "not done"
         if marker.get("fingerprint") != fingerprint or marker.get("identities") != [spec.start, spec.stop]:
-            return "params or code changed"
+            return "params, weights or generation version changed"
         path = self.path(f"{spec.name}.parquet")
         if not self.fs.isfile(path):
             return "parquet file missing"

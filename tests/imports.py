@@ -1,10 +1,10 @@
-"""Which library files a module runs (its static import closure) and a sha256 of their source: what cached
-outputs are invalidated by when the code changes, and what dvc.yaml must list as a stage's deps."""
+"""Which of our files a module runs (its static import closure): what dvc.yaml must list as a stage's deps,
+and the import graph the structure tests check. `uv run python -m tests.imports` rewrites dvc.yaml's code deps
+from the closures."""
 
 from __future__ import annotations
 
 import ast
-import hashlib
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -89,15 +89,43 @@ def import_closure(*entries: Path) -> list[Path]:
     return sorted(seen)
 
 
-def source_fingerprint(files: Iterable[Path]) -> str:
-    """sha256 over the given files' paths (relative to the repository) and bytes, in sorted order."""
-    digest = hashlib.sha256()
-    for file in sorted(Path(f).resolve() for f in files):
-        digest.update(file.relative_to(ROOT).as_posix().encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
+def _python_files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*.py") if "__pycache__" not in p.parts}
 
 
-def code_fingerprint(module_file: str | Path) -> str:
-    """sha256 of the source of everything `module_file` imports: changes exactly when its behaviour can."""
-    return source_fingerprint(import_closure(Path(module_file)))
+def code_deps(entry: Path) -> list[str]:
+    """dvc.yaml deps for a stage whose entry point is `entry`: its closure, a folder where all of it is used."""
+    files = set(import_closure(entry))
+    roots = {ROOT / "pipeline", ROOT / "stages", ROOT}
+    out = set()
+    for file in files:
+        top = file.parent
+        if top in roots or not _python_files(top) <= files:
+            out.add(file.relative_to(ROOT).as_posix())
+            continue
+        while top.parent not in roots and _python_files(top.parent) <= files:
+            top = top.parent
+        out.add(top.relative_to(ROOT).as_posix())
+    return sorted(out)
+
+
+def rewrite_dvc_deps(path: Path = ROOT / "dvc.yaml") -> None:
+    """Replace each stage's code deps in dvc.yaml by `code_deps` of its entry point (data and configs kept)."""
+    import re
+
+    import yaml
+
+    text = path.read_text()
+    for name, stage in yaml.safe_load(text)["stages"].items():
+        module = re.search(r"python -m stages\.(\w+)", stage["cmd"]).group(1)
+        other = [d for d in stage["deps"] if not d.startswith(("pipeline", "stages"))]
+        deps = [d for d in other if not d.startswith("configs")]
+        deps += code_deps(ROOT / "stages" / f"{module}.py") + [d for d in other if d.startswith("configs")]
+        block = re.compile(r"(\n  " + re.escape(name) + r":\n(?:.*\n)*?    deps:\n)((?:      - .*\n)+)")
+        found = block.search(text)
+        text = text[: found.start(2)] + "".join(f"      - {d}\n" for d in deps) + text[found.end(2) :]
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    rewrite_dvc_deps()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import run_stage, stage_parser
 from pipeline.shards.io import atomic_path
+from pipeline.stage import run_stage, stage_parser
 
 from .conftest import REPO
 
