@@ -122,6 +122,27 @@ def test_second_repro_is_up_to_date(built: tuple[Path, str]) -> None:
     assert "Data and pipelines are up to date" in out
 
 
+def test_a_code_edit_that_changes_no_byte_recomputes_no_shard(built: tuple[Path, str]) -> None:
+    """A comment added to a module of generate's closure: DVC re-runs the generate stage (its deps changed),
+    which finds every shard valid (the fingerprint holds GENERATION_VERSION, not source text) and recomputes
+    none; nothing downstream re-runs, because the candidates are the same bytes."""
+    repo, _ = built
+    module, lock = repo / "pipeline" / "identities" / "plans.py", repo / "dvc.lock"
+    saved = {module: module.read_bytes(), lock: lock.read_bytes()}
+    shards = {p.name: p.stat().st_mtime_ns for p in (repo / "data" / "candidates").glob("shard-*")}
+    try:
+        with open(module, "a") as fh:
+            fh.write("# a comment\n")
+        out = run([sys.executable, "-m", "dvc", "repro"], repo)
+    finally:
+        for path, data in saved.items():
+            path.write_bytes(data)
+    assert "Running stage 'generate'" in out and "3 shards planned, 0 to compute" in out
+    assert {p.name: p.stat().st_mtime_ns for p in (repo / "data" / "candidates").glob("shard-*")} == shards
+    for stage in ("filter", "dedup", "balance", "export"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+
+
 def test_kill_during_generate_then_repro_gives_the_same_bytes(built: tuple[Path, str], tmp_path: Path) -> None:
     """kill -9 after the first candidate shard is done; `dvc repro` resumes and every output file's
     sha256 equals the uninterrupted build's."""
