@@ -67,19 +67,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per part (1 on CPU, 10 on CUDA)")
-    args = parser.parse_args()
-    device, b, res = torch.device(args.device), args.batch, args.resolution
-    repeats = args.repeats or (10 if device.type == "cuda" else 1)
+def device_loop(device: torch.device, b: int, res: int, precision: str, repeats: int) -> dict[str, dict[str, float]]:
+    """Every part measured on `b` images of `res` px; prints a row per part and returns them by name."""
     torch.manual_seed(0)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"device loop on {device} ({where}), batch {b}, {res} px, {args.precision}")
+    print(f"device loop on {device} ({where}), batch {b}, {res} px, {precision}")
 
     g = CONFIGS["stylegan2"](res).to(device).eval()
     d = Discriminator(c_dim=0, img_resolution=res, img_channels=3, channel_base=16384 if res <= 256 else 32768,
@@ -98,7 +90,7 @@ def main() -> None:
         images = pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
     found = float(det.found.float().mean())
 
-    fp32 = args.precision != "fp16"  # the networks' own fp16 layers run only when fp16 is asked for
+    fp32 = precision != "fp16"  # the networks' own fp16 layers run only when fp16 is asked for
     parts = {
         "StyleGAN2 synthesis": lambda: g.synthesis(ws, noise_mode="const", force_fp32=fp32),
         "MTCNN, facenet-pytorch (reference)": lambda: reference(pixels),
@@ -115,7 +107,7 @@ def main() -> None:
     print(f"{'part':34s} {'ops/batch':>9s} {'ops/img':>8s} {'host trips':>10s} {'GFLOP/img':>9s} {'img/s':>8s}")
     rows = {}
     for name, fn in parts.items():
-        with autocast(args.precision, device):
+        with autocast(precision, device):
             rows[name] = r = measure(fn, b, device, repeats)
         print(f"{name:34s} {r['ops']:9d} {r['ops_per_image']:8.1f} {r['round_trips']:10d} "
               f"{r['gflop_per_image']:9.2f} {r['images_per_s']:8.1f}", flush=True)  # fmt: skip
@@ -123,6 +115,21 @@ def main() -> None:
     disc = rows["StyleGAN2 discriminator (q_disc)"]
     print(f"face stack / generator, images/s: {face['images_per_s'] / gen['images_per_s']:.2f}x; "
           f"q_disc / generator, GFLOP: {disc['gflop_per_image'] / gen['gflop_per_image']:.2f}x")  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per part (1 on CPU, 10 on CUDA)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    device_loop(
+        device, args.batch, args.resolution, args.precision, args.repeats or (10 if device.type == "cuda" else 1)
+    )
 
 
 if __name__ == "__main__":
