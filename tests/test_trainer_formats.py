@@ -236,6 +236,16 @@ def test_card_names_every_format_and_its_reader(exported_dataset: Path) -> None:
         assert f"| `{folder}/` |" in card and reader in card, folder
 
 
+def test_card_names_the_cvlface_link_by_the_dataset_name(exported_dataset: Path) -> None:
+    """CVLFace reads $DATA_ROOT/<rec of cvlface.yaml> (run with its own get_train_dataset: docs/formats.md):
+    rec is dataset.name, and the card's link command uses it."""
+    from .conftest import EXPORTED, small_params
+
+    rec = yaml.safe_load((exported_dataset / "recordio" / "cvlface.yaml").read_text())["rec"]
+    assert rec == small_params(**EXPORTED).dataset.name
+    assert f'`ln -s "$PWD/recordio" "$DATA_ROOT/{rec}"`' in (exported_dataset / "README.md").read_text()
+
+
 def test_card_says_which_scores_were_not_computed_or_tell_nothing() -> None:
     """No `nan` row for an unscored q_disc; a score constant over the kept samples (SER-FIQ on the random
     embedder) is named with its reason."""
@@ -249,7 +259,8 @@ def test_card_says_which_scores_were_not_computed_or_tell_nothing() -> None:
         "shards": 1, "params": {"generator": {"truncation_psi": 0.7}, "seed": 0}, "code_version": "v",
         "quality": {"q_disc": (nan, nan, nan), "q_serfiq": (0.3891, 0.3893, 0.3894), "q_sharpness": (7.1, 10.7, 16.1)},
     }  # fmt: skip
-    card = render_card(info)
+    card = render_card(info | {"name": "my-set", "formats": ["recordio"]})
+    assert '`ln -s "$PWD/recordio" "$DATA_ROOT/my-set"`' in card
     assert "nan" not in card and "| q_disc | not scored (`generator.disc_score: false`" in card
     assert "> `q_serfiq`: about the same value for every kept sample (`q_serfiq`: SER-FIQ with the random" in card
     assert "q_sharpness`" not in card  # it varies: not named

@@ -77,6 +77,36 @@ def _contents(info: dict[str, Any]) -> str:
     )
 
 
+def _training(info: dict[str, Any]) -> str:
+    """Each trainer's route for the formats exported, with this dataset's name and counts filled in (each was
+    run with the trainer's own code: docs/formats.md)."""
+    name, counts, formats = info["name"], info["counts"], set(info["formats"])
+    n, c = counts["samples"], counts["identities"]
+    routes = {
+        "recordio": [
+            ("insightface arcface_torch", f'`config.rec = "<this folder>/recordio"`, `config.num_classes = {c}`, '
+             f"`config.num_image = {n}`"),
+            ("AdaFace", f'`ln -s "$PWD/recordio" /data/{name}`, then `python main.py --use_mxrecord --data_root /data '
+             f"--train_data_path {name}`"),
+            ("CVLFace", f'`ln -s "$PWD/recordio" "$DATA_ROOT/{name}"` (the name is `rec` in `recordio/cvlface.yaml`), '
+             f"`cp recordio/cvlface.yaml <run_v1>/dataset/configs/{name}.yaml`"),
+        ],
+        "imagefolder": [
+            ("torchvision / arcface_torch", '`ImageFolder("<this folder>/imagefolder")`'),
+            ("AdaFace", f'`mkdir -p /data/{name} && ln -s "$PWD/imagefolder" /data/{name}/imgs`, then `python main.py '
+             f"--data_root /data --train_data_path {name}`"),
+        ],
+        "lmdb": [("SOTA-Face-Recognition-Train-and-Test", f'`config.train_source = "<this folder>/lmdb/train.lmdb"`, '
+                  f"`config.num_ims = {n}`")],
+        "webdataset": [("webdataset / wids", '`wids.ShardListDataset("<this folder>/webdataset/train.wids.json")`')],
+        "parquet": [
+            ("Hugging Face datasets", '`load_dataset("parquet", data_files="<this folder>/parquet/*.parquet")`')
+        ],
+    }  # fmt: skip
+    rows = [(trainer, fmt, how) for fmt, entries in routes.items() if fmt in formats for trainer, how in entries]
+    return "## Train on it\nRun the commands in this folder.\n\n" + _table(rows, ("trainer", "format", "how"))
+
+
 def _how_built(info: dict[str, Any]) -> str:
     gen = info["generator"]
     rows = [
@@ -185,7 +215,7 @@ def render_card(info: dict[str, Any]) -> str:
         "synthetic-media notice (IPTC DigitalSourceType `trainedAlgorithmicMedia` in XMP, and an "
         "EXIF ImageDescription)."
     )
-    parts += [_contents(info), _how_built(info), *_curation(info)]
+    parts += [_contents(info), _training(info), _how_built(info), *_curation(info)]
     if info.get("judge"):
         parts.append(judge_section(info["judge"], bool(info.get("smoke"))))
     for column, dist in sorted(info["attributes"].items()):

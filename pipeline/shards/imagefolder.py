@@ -18,7 +18,7 @@ class ImageFolderWriter(ShardFormat):
     folder = "imagefolder"
     suffix = ".sha256"
     files = "`<class>/<key>.jpg` (class folders zero-padded), `train-NNNNNN.sha256` listings"
-    reader = '`torchvision.datasets.ImageFolder("imagefolder")`, insightface arcface_torch'
+    reader = '`torchvision.datasets.ImageFolder("imagefolder")`, insightface arcface_torch, AdaFace (as `imgs/`)'
 
     def write(self, path: Path, samples: list[dict[str, Any]], layout: Layout) -> dict[str, Any]:
         """Write the shard's images (temporary name, then rename), then its listing, last."""

@@ -28,7 +28,7 @@ def map_size(samples: int, image_bytes: int) -> int:
 class LMDBWriter(DatasetFormat):
     folder = "lmdb"
     files = "`train.lmdb` (msgpack `[image, class]` per key; `__keys__`, `__len__`, `__classnum__`)"
-    reader = "the Vec2Face / VFace trainer (`LMDB` dataset)"
+    reader = "SOTA-Face-Recognition-Train-and-Test's `LMDB` (the Vec2Face papers' recognition trainer)"
 
     def write_all(
         self, out_dir: Path, batches: Iterable[list[dict[str, Any]]], layout: Layout, image_bytes: int

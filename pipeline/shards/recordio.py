@@ -73,7 +73,7 @@ def image_size(data: bytes) -> tuple[int, int]:
 class RecordIOWriter(DatasetFormat):
     folder = "recordio"
     files = "`train.rec`, `train.idx`, `property`, `train.tsv`, `cvlface.yaml` (insightface layout, RGB JPEG)"
-    reader = "insightface arcface_torch, CVLFace, AdaFace (its `convert.py` makes its BGR image folder)"
+    reader = "insightface arcface_torch (`MXFaceDataset`), AdaFace (`--use_mxrecord`), CVLFace (as `$DATA_ROOT/<rec>`)"
 
     def write_all(
         self, out_dir: Path, batches: Iterable[list[dict[str, Any]]], layout: Layout, image_bytes: int
