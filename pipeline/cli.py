@@ -9,24 +9,51 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import InputError
 from pipeline.report.contact_sheet import contact_sheet, dataset_rows, sheet_bytes
 from pipeline.shards.io import read_listing, sha256_file, write_bytes_atomic
 
+#: The preview's default output, at the top of the dataset folder: the one file verify does not ask for.
+PREVIEW = "contact_sheet.jpg"
+MAX_PREVIEW_ROWS = 1000
+
 
 def _manifest(folder: Path) -> dict:
+    """manifest.json of an exported dataset, checked for the shape every command relies on (InputError)."""
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder: give an exported dataset folder (data/dataset)")
     path = folder / "manifest.json"
     try:
-        return json.loads(path.read_text())
+        m = json.loads(path.read_text())
     except FileNotFoundError:
-        raise SystemExit(f"error: {path} not found: is {folder} an exported dataset (data/dataset)?") from None
-    except ValueError as err:
-        raise SystemExit(f"error: {path} is not valid JSON ({err})") from None
+        raise InputError(f"{path} not found: is {folder} an exported dataset (data/dataset)?") from None
+    except (ValueError, OSError) as err:
+        raise InputError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(m, dict) or not isinstance(m.get("files"), list) or not isinstance(m.get("counts"), dict):
+        raise InputError(f"{path}: not a synthfaces manifest (an object with `files` and `counts`)")
+    for k, f in enumerate(m["files"]):
+        ok = isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("bytes"), int)
+        if not ok or not re.fullmatch(r"[0-9a-f]{64}", str(f.get("sha256"))):
+            raise InputError(f"{path}: files[{k}] needs a `path`, a sha256 and a size in `bytes`")
+        _inside(folder, f["path"], f"{path}: files[{k}]")
+    if not isinstance(m["counts"].get("samples"), int):
+        raise InputError(f"{path}: counts.samples is missing")
+    return m
+
+
+def _inside(folder: Path, relative: str, where: str) -> Path:
+    """folder / relative, refused when it would leave the folder (an absolute path, `..`, a link out)."""
+    path = (folder / relative).resolve()
+    if Path(relative).is_absolute() or not path.is_relative_to(folder.resolve()):
+        raise InputError(f"{where}: {relative!r} is outside the dataset folder")
+    return path
 
 
 def inspect(folder: Path) -> int:
@@ -63,34 +90,57 @@ def inspect(folder: Path) -> int:
 
 
 def verify(folder: Path) -> int:
-    """Every manifest file by size and sha256, every image a listing (imagefolder) names by its sha256,
-    and no file that neither lists."""
+    """Every manifest file by size and sha256, every image a listing (imagefolder) names by its sha256, the
+    sample counts against counts.samples, and no file that neither lists (but the preview's contact sheet at
+    the top)."""
     m = _manifest(folder)
     problems, listed, covered = [], set(), 0
     for f in m["files"]:
-        path = folder / f["path"]
         listed.add(f["path"])
+        path = folder / f["path"]
         problem = _check(path, f["path"], f["sha256"], f["bytes"])
         if problem:
             problems.append(problem)
         elif f.get("listing"):
             base = Path(f["path"]).parent
-            for digest, relative in read_listing(path):
+            try:
+                lines = read_listing(path)
+            except ValueError as err:
+                raise InputError(str(err)) from None
+            for digest, relative in lines:
                 name = (base / relative).as_posix()
+                _inside(folder, name, f"{f['path']}")
                 listed.add(name)
                 covered += 1
                 if problem := _check(folder / name, name, digest):
                     problems.append(problem)
+    problems += _count_problems(m, covered)
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"):
-        if path.relative_to(folder).as_posix() not in listed and path.name != "contact_sheet.jpg":
-            problems.append(f"unlisted  {path.relative_to(folder).as_posix()}")
+        name = path.relative_to(folder).as_posix()
+        if name not in listed and name != PREVIEW:
+            problems.append(f"unlisted  {name}")
     for line in problems:
         print(line)
     checked = len(m["files"]) + covered
-    bad = sum(not p.startswith("unlisted") for p in problems)
+    bad = sum(p.startswith(("missing", "size", "sha256")) for p in problems)
     print(f"{checked - bad} of {checked} files OK" + (f" ({covered} through listings)" if covered else "")
           + (f"; {len(problems)} problem(s)" if problems else ""))  # fmt: skip
     return 1 if problems else 0
+
+
+def _count_problems(m: dict, listed_images: int) -> list[str]:
+    """Each kind of file that counts samples (a format's shards, metadata.parquet) must hold counts.samples."""
+    samples = m["counts"]["samples"]
+    kinds: dict[str, int] = {}
+    for f in m["files"]:
+        if isinstance(f.get("samples"), int):
+            parent, suffix = Path(f["path"]).parent.as_posix(), Path(f["path"]).suffix
+            kind = f["path"] if parent == "." else f"{parent}/*{suffix}"
+            kinds[kind] = kinds.get(kind, 0) + f["samples"]
+    problems = [f"count     {k}: {n} samples, counts.samples says {samples}" for k, n in kinds.items() if n != samples]
+    if any(f.get("listing") for f in m["files"]) and listed_images != samples:
+        problems.append(f"count     imagefolder: {listed_images} images listed, counts.samples says {samples}")
+    return problems
 
 
 def _check(path: Path, name: str, sha256: str, size: int | None = None) -> str | None:
@@ -104,10 +154,12 @@ def _check(path: Path, name: str, sha256: str, size: int | None = None) -> str |
 
 
 def preview(folder: Path, rows: int, out: Path | None) -> int:
+    if not 1 <= rows <= MAX_PREVIEW_ROWS:
+        raise InputError(f"--rows: must be 1 to {MAX_PREVIEW_ROWS} identities, got {rows}")
     m = _manifest(folder)
     shards = sorted((folder / "parquet").glob("train-*.parquet"))
     if not shards:
-        raise SystemExit(f"error: no parquet shards under {folder}/parquet (export.formats must include parquet)")
+        raise InputError(f"no parquet shards under {folder}/parquet (export.formats must include parquet)")
     meta = pq.read_table(folder / "metadata.parquet", columns=["key", "class"])
     keys, classes = meta.column("key").to_numpy(zero_copy_only=False), meta.column("class").to_numpy()
     wanted = {k for k, c in zip(keys, classes, strict=True) if c < rows}
@@ -118,8 +170,11 @@ def preview(folder: Path, rows: int, out: Path | None) -> int:
             if key in wanted:
                 images[key] = image["bytes"]
     sheet = contact_sheet(dataset_rows(keys, classes, images, rows), columns=m["counts"]["images_per_identity"])
-    out = out or folder / "contact_sheet.jpg"
-    write_bytes_atomic(out, sheet_bytes(sheet))
+    out = out or folder / PREVIEW
+    try:
+        write_bytes_atomic(out, sheet_bytes(sheet))
+    except OSError as err:
+        raise InputError(f"--out: cannot write {out} ({err.strerror or err})") from None
     shown = min(rows, m["counts"]["identities"])
     print(f"wrote {out} ({shown} identities x {m['counts']['images_per_identity']} samples)")
     return 0
@@ -139,11 +194,13 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--rows", type=int, default=8, help="identities to show (8)")
             p.add_argument("--out", type=Path, default=None, help="output JPEG (DATASET/contact_sheet.jpg)")
     args = parser.parse_args(argv)
-    if args.command == "inspect":
-        return inspect(args.dataset)
-    if args.command == "verify":
-        return verify(args.dataset)
-    return preview(args.dataset, args.rows, args.out)
+    commands = {"inspect": lambda: inspect(args.dataset), "verify": lambda: verify(args.dataset),
+                "preview": lambda: preview(args.dataset, args.rows, args.out)}  # fmt: skip
+    try:
+        return commands[args.command]()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

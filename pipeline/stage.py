@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Params
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.plugins import load_checked_params
 from pipeline.runtime.progress import LOG_FORMAT
 from pipeline.weights import DEFAULT_LOCK, WeightsStore
@@ -40,7 +40,15 @@ def weights_store(args: argparse.Namespace) -> WeightsStore:
 
 def run_stage(main: Callable[[argparse.Namespace, Params], None], parser: argparse.ArgumentParser) -> None:
     """Parse args, validate params before any work, run; user errors exit with one line, no traceback."""
-    args = parser.parse_args()
+    sys.exit(stage_status(main, parser, sys.argv[1:]))
+
+
+def stage_status(
+    main: Callable[[argparse.Namespace, Params], None], parser: argparse.ArgumentParser, argv: list[str]
+) -> int:
+    """`run_stage`'s exit status: 0, 2 for bad input (params, a file the user named), 1 for a failed run;
+    errors are one `error:` line each on stderr. Genuine bugs still raise with their traceback."""
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format=LOG_FORMAT,
@@ -49,33 +57,27 @@ def run_stage(main: Callable[[argparse.Namespace, Params], None], parser: argpar
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         params = load_checked_params(args.params)
-    except ConfigError as err:
-        for line in err.problems:
-            print(f"error: {line}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
-    try:
         main(args, params)
     except ConfigError as err:
-        for line in err.problems:
-            print(f"error: {line}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+        return _report(err.problems, EXIT_CONFIG)
+    except InputError as err:
+        return _report([str(err)], EXIT_CONFIG)
     except (FileNotFoundError, PipelineError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_FAILURE)
+        return _report([str(err)], EXIT_FAILURE)
     except torch.OutOfMemoryError:
-        print(
-            f"error: out of GPU memory (runtime.batch_size: {params.runtime.batch_size}); lower runtime.batch_size "
-            "or use fewer/larger devices and run again: finished shards are kept",
-            file=sys.stderr,
-        )
-        sys.exit(EXIT_FAILURE)
+        return _report([f"out of GPU memory (runtime.batch_size: {params.runtime.batch_size}); lower "
+                        "runtime.batch_size or use fewer/larger devices and run again: finished shards are kept"],
+                       EXIT_FAILURE)  # fmt: skip
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         where = f" writing {err.filename}" if err.filename else ""
-        print(
-            f"error: out of disk space{where}: free some space and run again; finished shards are kept "
-            "and no half-written file was left under a final name",
-            file=sys.stderr,
-        )
-        sys.exit(EXIT_FAILURE)
+        return _report([f"out of disk space{where}: free some space and run again; finished shards are kept and "
+                        "no half-written file was left under a final name"], EXIT_FAILURE)  # fmt: skip
+    return 0
+
+
+def _report(lines: list[str], status: int) -> int:
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    return status

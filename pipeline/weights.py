@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Params as PipelineParams
-from pipeline.errors import PipelineError
+from pipeline.errors import InputError, PipelineError
 from pipeline.runtime.progress import progress
 from pipeline.shards.io import sha256_file, write_json_atomic
 
@@ -34,7 +34,13 @@ FACE_RECOGNITION_MODELS = (
 DEFAULT_LOCK = "weights.lock.json"
 #: The way out of every "weights missing" error: the smoke preset needs no download.
 OFFLINE_HINT = "To build offline without these weights, use the smoke preset: uv run dvc exp run -S preset=smoke"
+#: The judge's files come with its extra, in every preset; the judge can also be switched off.
+JUDGE_HINT = "The judge extra ships this file (uv sync --extra judge), or switch the judge off: judge.model: none"
 CHUNK = 1 << 20
+
+
+def _way_out(spec: WeightsSpec) -> str:
+    return JUDGE_HINT if spec.kind == "judge" else OFFLINE_HINT
 
 
 @dataclass(frozen=True)
@@ -120,8 +126,12 @@ def find_judge_file(file: str, weights_dir: Path | None) -> Path | None:
     return shipped if shipped.is_file() else None
 
 
-class WeightsError(PipelineError):
+class WeightsError(InputError):
     """A weights file is missing, incomplete, or not what the lock says; the message says what to do."""
+
+
+class DownloadError(PipelineError):
+    """A download failed (network, server): a failed run, not bad input; the message says the way out."""
 
 
 class WeightsLock:
@@ -206,13 +216,14 @@ def fetch(
         if err.code == 416 and have:  # range past the end: the partial file is already complete
             response = None
         else:
-            raise WeightsError(
-                f"download of {spec.name} from {url} failed: HTTP {err.code} {err.reason}. {OFFLINE_HINT}"
+            raise DownloadError(
+                f"download of {spec.name} from {url} failed: HTTP {err.code} {err.reason}. {_way_out(spec)}"
             ) from None
     except (urllib.error.URLError, OSError) as err:
-        raise WeightsError(
+        raise DownloadError(
             f"download of {spec.name} from {url} failed ({getattr(err, 'reason', err)}); check the network, or place "
-            f"{spec.file} in {dest_dir}/ by hand and run the weights stage again (it locks its sha256). {OFFLINE_HINT}"
+            f"{spec.file} in {dest_dir}/ by hand and run the weights stage again (it locks its sha256). "
+            f"{_way_out(spec)}"
         ) from None
     if response is not None:
         with response:

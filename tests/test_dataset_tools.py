@@ -68,9 +68,10 @@ def test_inspect_and_preview(exported_dataset: Path, tmp_path: Path, capsys) -> 
     assert image.size == (120 + 2 * 96, 2 * 96)  # label column + 2 samples per row, 2 identities
 
 
-def test_missing_dataset_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match=r"manifest\.json not found"):
-        main(["inspect", str(tmp_path)])
+def test_missing_dataset_is_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "manifest.json not found" in err[0]
 
 
 def test_manifest_lists_every_file_with_sha256(exported_dataset: Path) -> None:

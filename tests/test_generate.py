@@ -221,3 +221,25 @@ def test_concurrent_writers_of_one_shard_never_mix(tmp_path: Path) -> None:
         assert values == {int(marker["fingerprint"][-1])}
     else:  # a mixed pair is caught by the resume check
         assert ShardStore(tmp_path).shard_problem(ShardSpec(0, 0, 1), marker["fingerprint"]) is not None
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_the_filter_stage_refuses_a_shard_that_changed_after_generate(generated: Path, tmp_path: Path, damage) -> None:
+    """The first stage after generate hashes every shard against its marker: an edited file (or a corrupt DVC
+    cache object linked back into the workspace) stops it with the file, what differs and the way out."""
+    from pipeline.curation.filter import run_filter
+    from pipeline.errors import PipelineError
+
+    copy_of(generated, tmp_path)
+    victim = tmp_path / "shard-000001.parquet"
+    data = bytearray(victim.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data[:-10] if damage == "truncate" else data))
+    with pytest.raises(PipelineError) as err:
+        run_filter(tmp_path, small_params().filter, tmp_path / "filter.parquet")
+    what = "sha256" if damage == "flip" else f"{len(data) - 10} bytes, its marker says {len(data)}"
+    assert str(err.value).startswith(f"{victim}: {what}") and f"find .dvc/cache -samefile {victim} -delete" in str(
+        err.value
+    )
+    assert not (tmp_path / "filter.parquet").exists()

@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 from pipeline.generators import load_generator
-from pipeline.weights import WEIGHTS, WeightsError, WeightsLock, WeightsStore, fetch, fetch_required, verify
+from pipeline.weights import (
+    WEIGHTS,
+    DownloadError,
+    WeightsError,
+    WeightsLock,
+    WeightsStore,
+    fetch,
+    fetch_required,
+    verify,
+)
 
 from .conftest import small_params
 
@@ -136,12 +145,12 @@ def test_html_page_is_refused(server: Server, tmp_path: Path) -> None:
 
 def test_http_error_is_one_clear_line(server: Server, tmp_path: Path) -> None:
     server.mode = "404"
-    with pytest.raises(WeightsError, match=r"failed: HTTP 404"):
+    with pytest.raises(DownloadError, match=r"failed: HTTP 404"):
         fetch(SPEC, tmp_path / "w", WeightsLock(tmp_path / "lock.json"), url=f"{server.url}/{SPEC.file}")
 
 
 def test_unreachable_server_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match=r"check the network, or place .* by hand"):
+    with pytest.raises(DownloadError, match=r"check the network, or place .* by hand"):
         fetch(SPEC, tmp_path / "w", WeightsLock(tmp_path / "lock.json"), url="http://127.0.0.1:9/none.pkl", timeout=5)
 
 
@@ -202,3 +211,12 @@ def test_default_preset_offline_says_how_to_build_without_a_download(tmp_path: P
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: download of stylegan2-ffhq-256x256 from http://127.0.0.1:9/stylegan2-ffhq-256x256")
     assert "uv run dvc exp run -S preset=smoke" in last and not (tmp_path / "lock.json").exists()
+
+
+def test_judge_weights_offline_point_to_its_extra_not_the_smoke_preset(tmp_path: Path) -> None:
+    """The smoke preset needs the judge's files too: their way out is the judge extra or judge.model: none."""
+    spec = WEIGHTS["dlib-resnet-v1"]
+    with pytest.raises(DownloadError) as info:
+        fetch(spec, tmp_path / "w", WeightsLock(tmp_path / "lock.json"), url="http://127.0.0.1:9/x.dat", timeout=5)
+    assert "uv sync --extra judge" in str(info.value) and "judge.model: none" in str(info.value)
+    assert "preset=smoke" not in str(info.value)

@@ -45,13 +45,47 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+#: A params file is a few kilobytes of plain keys: anything far beyond this is not one.
+MAX_YAML_BYTES, MAX_YAML_ALIASES, MAX_YAML_DEPTH = 1 << 20, 64, 32
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses more aliases or deeper nesting than a params file has (a billion-laughs file
+    expands aliases exponentially in everything that walks it; deep nesting exhausts the recursion limit)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.aliases = self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name); a params file needs none")
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels; params are sections of keys")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def _read_yaml(path: Path, label: str) -> dict[str, Any]:
     try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError([f"{label}: {path.stat().st_size:,} bytes; a params file is far smaller (at most 1 MiB)"])
         text = path.read_text()
     except OSError as err:
         raise ConfigError([f"{label}: cannot read {path}: {err.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{label}: not a text file"]) from None
     try:
-        data = yaml.safe_load(text)
+        loader = _BoundedLoader(text)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -5,35 +5,83 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-PositiveInt = Annotated[int, Field(gt=0)]
+
+def Count(high: int) -> Any:
+    """A positive integer with an upper bound that keeps plans and allocations sane."""
+    return Annotated[int, Field(gt=0, le=high)]
+
+
+#: Sample keys give the identity 9 digits and the variant 3 (DESIGN §7).
+MAX_IDENTITIES, MAX_VARIANTS = 999_999_999, 999
+#: The shard plan, the candidate manifest and the capacity curve hold one entry per shard.
+MAX_SHARDS = 1_000_000
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Cosine = Annotated[float, Field(ge=-1.0, le=1.0)]
 
 
 class Section(BaseModel):
-    """A params section: values coerced to their types (YAML lists to tuples), unknown keys rejected, immutable."""
+    """A params section: YAML lists taken as tuples where a key wants one, unknown keys rejected, immutable, and no
+    value silently turned into another kind (`true` is not 1, "5" is not 5)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name is not None and (problem := coercion(value, cls.model_fields[info.field_name].annotation)):
+            raise ValueError(problem)
+        return value
+
+
+def coercion(value: Any, annotation: Any) -> str | None:
+    """Why taking `value` for `annotation` would change what the user wrote (pydantic's lax mode turns true
+    into 1 and "5" into 5), or None. Containers are checked element by element."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return coercion(value, args[0])
+    if origin in (Union, UnionType):
+        problems = [coercion(value, a) for a in args]
+        return None if any(p is None for p in problems) else next(p for p in problems if p)
+    if origin is Literal:
+        if any(type(value) is type(v) and value == v for v in args):
+            return None
+        return f"must be one of {', '.join(_shown(v) for v in args)}, got {_shown(value)}"
+    if origin in (list, tuple) and isinstance(value, list | tuple):
+        kinds = args if origin is tuple and Ellipsis not in args else args[:1] * len(value)
+        return next((p for v, a in zip(value, kinds, strict=False) if (p := coercion(v, a))), None)
+    if origin is dict and isinstance(value, dict):
+        return next((p for v in value.values() if (p := coercion(v, args[1]))), None)
+    if annotation is bool and not isinstance(value, bool):
+        return f"must be true or false, got {_shown(value)}"
+    if annotation in (int, float) and isinstance(value, bool | str):
+        return f"must be a number, got {_shown(value)}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value as params.yaml spells it (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 class GeneratorParams(Section):
     model: str = "smoke"
     truncation_psi: Annotated[float, Field(gt=0.0, le=2.0)] = 0.7
-    truncation_cutoff: PositiveInt | None = None
+    truncation_cutoff: Count(64) | None = None
     noise_mode: Literal["const", "none", "random"] = "const"
     resolution: Annotated[int, Field(ge=64, le=1024)] | None = None
     disc_score: bool = False
 
 
 class IdentitiesParams(Section):
-    count: PositiveInt = 1000
-    images_per_identity: PositiveInt = 8
+    count: Count(MAX_IDENTITIES) = 1000
+    images_per_identity: Count(MAX_VARIANTS) = 8
     oversample: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
-    shard_size: PositiveInt = 256
+    shard_size: Count(MAX_SHARDS) = 256
     separation: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
     separation_tries: Annotated[int, Field(ge=1, le=64)] = 8
 
@@ -45,16 +93,17 @@ class IdentitiesParams(Section):
 
 class VariationParams(Section):
     mix: bool = True
-    mix_start: Annotated[int, Field(ge=0)] = 8
-    mix_stop: PositiveInt | None = None
+    mix_start: Annotated[int, Field(ge=0, le=64)] = 8
+    mix_stop: Count(64) | None = None
     latent_jitter: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
     translate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     rotate: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0
     edits: dict[str, tuple[float, float]] = {}
-    edit_start: Annotated[int, Field(ge=0)] = 0
-    edit_stop: PositiveInt | None = None
+    edit_start: Annotated[int, Field(ge=0, le=64)] = 0
+    edit_stop: Count(64) | None = None
     min_identity_cosine: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.5
     edit_steps: Annotated[int, Field(ge=1, le=16)] = 4
+    preserve: list[str] = []
 
     @field_validator("edits", mode="before")
     @classmethod
@@ -88,7 +137,7 @@ class VariationParams(Section):
 
 class DetectParams(Section):
     model: str = "mtcnn"
-    min_face_size: PositiveInt | None = None
+    min_face_size: Count(4096) | None = None
     thresholds: tuple[Probability, Probability, Probability] = (0.6, 0.7, 0.7)
     factor: Annotated[float, Field(gt=0.1, lt=1.0)] = 0.709
     count_min_prob: Probability = 0.9
@@ -109,10 +158,10 @@ class EmbedParams(Section):
 
 class FilterParams(Section):
     min_det_prob: Probability = 0.98
-    max_faces: PositiveInt = 1
+    max_faces: Count(1000) = 1
     min_face_fraction: Probability = 0.05
     max_roll_deg: Annotated[float, Field(ge=0.0, le=180.0)] = 30.0
-    max_align_residual: Annotated[float, Field(gt=0.0)] = 0.2
+    max_align_residual: Annotated[float, Field(gt=0.0, le=100.0)] = 0.2
     min_sharpness: Annotated[float, Field(ge=0.0)] = 0.0
     brightness: tuple[Probability, Probability] = (0.15, 0.9)
     max_clipped: Probability = 0.25
@@ -133,9 +182,10 @@ class DedupParams(Section):
     max_sample_similarity: Cosine = 0.98
     reference: str | None = None
     max_reference_similarity: Cosine = 0.3
-    exact_search_max: PositiveInt = 50_000
-    ivf_nlist: PositiveInt | None = None
-    ivf_nprobe: PositiveInt = 8
+    exact_search_max: Count(MAX_IDENTITIES) = 1_000_000
+    min_recall: Annotated[float, Field(gt=0.0, le=1.0)] = 0.99
+    ivf_nlist: Count(1_000_000) | None = None
+    ivf_nprobe: Count(1_000_000) = 8
 
 
 class AttributesParams(Section):
@@ -166,7 +216,7 @@ class AttributesParams(Section):
 
 class CalibrateParams(Section):
     attributes: list[str] | None = None
-    samples: Annotated[int, Field(ge=20)] = 2000
+    samples: Annotated[int, Field(ge=20, le=1_000_000)] = 2000
     holdout: Annotated[float, Field(gt=0.0, lt=0.9)] = 0.25
     regularization: Annotated[float, Field(ge=0.0)] = 1e-3
 
@@ -176,27 +226,27 @@ class BalanceParams(Section):
     targets: dict[str, dict[str, Probability]] = {}
     tolerance: Probability = 0.02
     steer_margin: Annotated[float, Field(ge=0.0)] = 0.5
-    steer_chunk: PositiveInt = 16
-    time_limit: Annotated[float, Field(gt=0.0)] = 120.0
+    steer_chunk: Count(100_000) = 16
+    time_limit: Annotated[float, Field(gt=0.0, le=604_800.0)] = 120.0
 
 
 class DatasetParams(Section):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "synthfaces"
-    identities: PositiveInt = 500
-    images_per_identity: PositiveInt = 6
+    identities: Count(MAX_IDENTITIES) = 500
+    images_per_identity: Count(MAX_VARIANTS) = 6
 
 
 class ExportParams(Section):
     formats: Annotated[
         list[Literal["webdataset", "parquet", "recordio", "imagefolder", "lmdb"]], Field(min_length=1)
     ] = ["webdataset", "parquet"]
-    samples_per_shard: PositiveInt = 10_000
-    max_shard_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
+    samples_per_shard: Count(100_000_000) = 10_000
+    max_shard_bytes: Annotated[int, Field(ge=1 << 20, le=1 << 40)] = 1 << 30
     image_format: Literal["jpg", "png", "webp"] = "jpg"
     image_quality: Annotated[int, Field(ge=1, le=100)] = 95
     include_full: bool = False
     shuffle: bool = True
-    workers: PositiveInt | Literal["auto"] = "auto"
+    workers: Count(1024) | Literal["auto"] = "auto"
 
     @field_validator("formats")
     @classmethod
@@ -209,22 +259,28 @@ class ExportParams(Section):
 class RuntimeParams(Section):
     executor: str = "local"
     devices: Annotated[list[str], Field(min_length=1)] = ["auto"]
-    batch_size: PositiveInt | Literal["auto"] = "auto"
-    synthesis_batch: PositiveInt | Literal["auto"] = "auto"
+    batch_size: Count(65_536) | Literal["auto"] = "auto"
+    synthesis_batch: Count(65_536) | Literal["auto"] = "auto"
     precision: Literal["fp32", "fp16", "bf16"] = "bf16"
     jpeg_encoder: Literal["auto", "pillow", "nvjpeg"] = "auto"
-    encode_workers: PositiveInt | Literal["auto"] = "auto"
-    threads: PositiveInt | None = None
+    encode_workers: Count(256) | Literal["auto"] = "auto"
+    threads: Count(4096) | None = None
     compile: bool = False
     ray_address: str | None = None
     output_url: str | None = None
-    gpus_per_task: Annotated[float, Field(ge=0.0)] = 0.0
-    cpus_per_task: Annotated[float, Field(gt=0.0)] = 1.0
+    gpus_per_task: Annotated[float, Field(ge=0.0, le=1024.0)] = 0.0
+    cpus_per_task: Annotated[float, Field(gt=0.0, le=4096.0)] = 1.0
 
 
 class JudgeParams(Section):
     model: str | None = "dlib_resnet"
-    identities: PositiveInt = 50
+    identities: Count(100_000) = 50
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _switched_off(cls, value: Any) -> Any:
+        """`none` switches the judge off (a null in params.yaml means "the preset's value")."""
+        return None if value == "none" else value
 
 
 class Params(Section):
@@ -250,6 +306,19 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _dataset_fits_candidates(self) -> Params:
+        i = self.identities
+        if i.variants_per_identity > MAX_VARIANTS:
+            raise _CrossFieldError(
+                "identities.images_per_identity",
+                f"x identities.oversample must be <= {MAX_VARIANTS} candidates per identity (sample keys give the "
+                f"variant 3 digits), got {i.variants_per_identity}",
+            )
+        if -(-i.count // i.shard_size) > MAX_SHARDS:
+            raise _CrossFieldError(
+                "identities.shard_size",
+                f"must be >= {-(-i.count // MAX_SHARDS):,} for {i.count:,} identities (at most {MAX_SHARDS:,} "
+                f"shards: the plan and the manifest hold one entry each), got {i.shard_size}",
+            )
         if self.dataset.identities > self.identities.count:
             raise _CrossFieldError(
                 "dataset.identities",

@@ -14,7 +14,7 @@ from pipeline.config import FilterParams
 from pipeline.curation.table import CurationWriter
 from pipeline.errors import PipelineError
 from pipeline.faces.columns import QUALITY_COLUMNS
-from pipeline.shards.candidates import iter_candidates
+from pipeline.shards.candidates import iter_candidates, shard_files
 
 #: Every rule a rejected candidate fails, beside the first one in `reason`.
 REASONS_FIELD = pa.field("reasons", pa.list_(pa.string()))
@@ -110,7 +110,10 @@ def _decide(candidates: pd.DataFrame, params: FilterParams) -> pd.DataFrame:
 def run_filter(candidates: str | Path, params: FilterParams, out: str | Path) -> CurationWriter:
     """The filter stage: every candidate shard through the rules, one shard in memory at a time.
 
-    Unscored candidates are counted over all shards before the error, so it says how many there are."""
+    Unscored candidates are counted over all shards before the error, so it says how many there are. Every shard
+    is first checked against its marker by sha256: the first stage to read the shards after generate catches one
+    that changed since (an edited file, a corrupt cache object linked back by DVC)."""
+    shard_files(candidates, hashes=True)
     missing = total = 0
     with CurationWriter(out, [REASONS_FIELD]) as writer:
         for shard in iter_candidates(candidates, FILTER_COLUMNS):

@@ -9,7 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.generators.network_pickle import NetworkPickleError, PersistentObject, build_network, read_network_pickle
+from pipeline.generators.network_pickle import (
+    NetworkPickleError,
+    PersistentObject,
+    build_network,
+    check_arguments,
+    read_network_pickle,
+)
 
 CHECKPOINT_FORMAT = "synthfaces-network-v1"
 HTML_MARKERS = (b"<!doctype html", b"<html", b"<?xml", b"<head")
@@ -45,27 +51,44 @@ def sniff(path: Path) -> str:
     raise NetworkPickleError(f"{path} is neither a network pickle nor a torch checkpoint")
 
 
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """One of our `.pt` checkpoints (weights only, so nothing in it runs), its arguments checked first."""
+    from pipeline.generators.stylegan2 import StyleGAN2Generator
+    from pipeline.generators.stylegan2_discriminator import Discriminator
+    from pipeline.generators.stylegan3 import StyleGAN3Generator
+
+    classes = {
+        "stylegan2": StyleGAN2Generator,
+        "stylegan3": StyleGAN3Generator,
+        "stylegan2-discriminator": Discriminator,
+    }
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a zip that is not a checkpoint
+        raise NetworkPickleError(f"{path}: not a readable torch checkpoint ({type(err).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise NetworkPickleError(f"{path}: not a synthfaces network checkpoint")
+    family, kwargs, state = blob.get("family"), blob.get("init_kwargs"), blob.get("state_dict")
+    if family not in classes or not isinstance(kwargs, dict) or not isinstance(state, dict):
+        raise NetworkPickleError(f"{path}: unknown network family {family!r} (known: {', '.join(classes)})")
+    check_arguments(kwargs, f"{path}")
+    try:
+        module = classes[family](**kwargs)
+        module.load_state_dict(state, strict=True)
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise NetworkPickleError(
+            f"{path}: {family} checkpoint does not build ({type(err).__name__}: {str(err)[:200]})"
+        ) from None
+    module.family, module.init_kwargs = family, kwargs
+    key = "D" if family == "stylegan2-discriminator" else "G_ema"
+    return {key: module.eval().requires_grad_(False)}
+
+
 def load_networks(path: str | Path) -> dict[str, Any]:
     """{'G_ema': module, 'D': module (if present), ...} from a .pkl, or {'G_ema' or 'D': module} from our .pt."""
     path = Path(path)
     if sniff(path) == "zip":
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-            raise NetworkPickleError(f"{path}: not a synthfaces network checkpoint")
-        from pipeline.generators.stylegan2 import StyleGAN2Generator
-        from pipeline.generators.stylegan2_discriminator import Discriminator
-        from pipeline.generators.stylegan3 import StyleGAN3Generator
-
-        classes = {
-            "stylegan2": StyleGAN2Generator,
-            "stylegan3": StyleGAN3Generator,
-            "stylegan2-discriminator": Discriminator,
-        }
-        module = classes[blob["family"]](**blob["init_kwargs"])
-        module.load_state_dict(blob["state_dict"], strict=True)
-        module.family, module.init_kwargs = blob["family"], blob["init_kwargs"]
-        key = "D" if blob["family"] == "stylegan2-discriminator" else "G_ema"
-        return {key: module.eval().requires_grad_(False)}
+        return _load_checkpoint(path)
     data = read_network_pickle(path)
     out: dict[str, Any] = {}
     for key in ("G_ema", "D"):

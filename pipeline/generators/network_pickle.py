@@ -23,15 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.errors import InputError
+
 PERSISTENCE_HOOK = ("torch_utils.persistence", "_reconstruct_persistent_obj")
 SUPPORTED_PERSISTENCE_VERSIONS = {1, 2, 3, 4, 5, 6}
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(InputError, pickle.UnpicklingError):
     """The pickle asks for a global that a network pickle never needs (it could run code)."""
 
 
-class NetworkPickleError(ValueError):
+class NetworkPickleError(InputError, ValueError):
     """The file is not a network pickle we can read (malformed, truncated, or an unknown network)."""
 
 
@@ -170,19 +172,62 @@ def read_network_pickle(source: str | Path | BinaryIO) -> dict[str, Any]:
     return data
 
 
-def _plain(value: Any) -> Any:
-    """EasyDicts and OrderedDicts to plain dicts, numpy scalars to Python numbers (constructor arguments)."""
+#: Plain values a network's constructor arguments hold at most (they are a few dozen numbers and names).
+MAX_ARGUMENT_VALUES, MAX_NESTING = 10_000, 16
+#: Upper bounds of the constructor arguments that size the network, at any nesting level: far above every
+#: released network (512-d latents, 512 channels, 1024 px), far below what would exhaust memory.
+ARGUMENT_LIMITS = {
+    "z_dim": 4096, "w_dim": 4096, "c_dim": 1 << 16, "img_resolution": 4096, "img_channels": 4,
+    "channel_base": 1 << 20, "channel_max": 4096, "num_layers": 64, "num_fp16_res": 16, "layer_features": 4096,
+    "cmap_dim": 4096, "embed_features": 4096, "mapping_layers": 64, "num_critical": 16, "mbstd_group_size": 256,
+    "mbstd_num_channels": 64, "conv_kernel": 15, "filter_size": 64, "margin_size": 1024,
+}  # fmt: skip
+
+
+def _plain(value: Any, budget: list[int] | None = None, depth: int = 0) -> Any:
+    """EasyDicts and OrderedDicts to plain dicts, numpy scalars to Python numbers (constructor arguments);
+    NetworkPickleError for anything larger or deeper than constructor arguments are (a pickle can make a
+    structure refer to itself, or share one list a million times)."""
+    budget = [MAX_ARGUMENT_VALUES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_NESTING:
+        raise NetworkPickleError("constructor arguments are not plain data (nested or shared beyond any network's)")
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, budget, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_plain(v) for v in value)
+        return type(value)(_plain(v, budget, depth + 1) for v in value)
     if isinstance(value, np.generic):
         return value.item()
     return value
 
 
+def check_arguments(kwargs: Any, where: str) -> None:
+    """NetworkPickleError unless every value is plain data and no size argument exceeds its limit (checked
+    before a network is built, so a hostile file cannot ask for terabytes)."""
+    if isinstance(kwargs, dict):
+        for key, value in kwargs.items():
+            if not isinstance(key, str):
+                raise NetworkPickleError(f"{where}: constructor argument names must be strings, got {key!r}")
+            limit = ARGUMENT_LIMITS.get(key)
+            sized = limit is not None and value is not None
+            if sized and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit):
+                raise NetworkPickleError(f"{where}: constructor argument {key}={value!r} is out of range 0..{limit}")
+            check_arguments(value, where)
+    elif isinstance(kwargs, list | tuple):
+        for value in kwargs:
+            check_arguments(value, where)
+    elif not (kwargs is None or isinstance(kwargs, bool | int | float | str)):
+        raise NetworkPickleError(f"{where}: constructor arguments hold a {type(kwargs).__name__}, not plain data")
+
+
+#: Submodule nesting of the deepest network (a layer inside a block inside the synthesis network).
+MAX_MODULE_DEPTH = 16
+
+
 def state_dict_of(obj: PersistentObject, prefix: str = "") -> dict[str, torch.Tensor]:
     """Own parameters, then persistent buffers, then submodules, names joined by dots (nn.Module order)."""
+    if prefix.count(".") > MAX_MODULE_DEPTH:
+        raise NetworkPickleError(f"modules nested deeper than {MAX_MODULE_DEPTH} levels at {prefix} (or in a cycle)")
     out: dict[str, torch.Tensor] = {}
     state = obj.state
     skip = set(state.get("_non_persistent_buffers_set") or ())
@@ -222,13 +267,14 @@ def build_network(obj: PersistentObject) -> nn.Module:
     if obj.init_args:
         raise NetworkPickleError(f"{obj.class_name} pickled with positional constructor arguments")
     kwargs = obj.init_kwargs
+    check_arguments(kwargs, family)
     cls = {"stylegan2": StyleGAN2Generator, "stylegan3": StyleGAN3Generator, "stylegan2-discriminator": Discriminator}[
         family
     ]
     try:
         module = cls(**kwargs)
-    except TypeError as err:
-        raise NetworkPickleError(f"{family}: unsupported constructor arguments ({err})") from None
+    except (TypeError, ValueError, KeyError, AssertionError, ZeroDivisionError) as err:
+        raise NetworkPickleError(f"{family}: unsupported constructor arguments ({type(err).__name__}: {err})") from None
     state = state_dict_of(obj)
     try:
         result = module.load_state_dict(state, strict=False)

@@ -61,7 +61,7 @@ class DlibJudge:
             if path is None:
                 raise PipelineError(
                     f"judge.model: {WEIGHTS[key].file} not found in {store.folder}/ or the "
-                    f"face_recognition_models package; {INSTALL_HINT}, or set judge.model: null"
+                    f"face_recognition_models package; {INSTALL_HINT}, or set judge.model: none"
                 )
             store.verify(path)
             paths[key] = path
@@ -93,6 +93,18 @@ def pair_scores(descriptors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     return cos[same], cos[~same], dist[same], dist[~same]
 
 
+def _same_person_classes(descriptors: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """Class pairs whose mean descriptors the judge calls the same person (Euclidean distance under its
+    threshold), among every pair of the judged classes: the label audit scales this to the dataset."""
+    classes, inverse = np.unique(labels, return_inverse=True)
+    means = np.zeros((len(classes), descriptors.shape[1]))
+    np.add.at(means, inverse, descriptors)
+    means /= np.bincount(inverse)[:, None]
+    i, j = np.triu_indices(len(classes), 1)
+    same = np.linalg.norm(means[i] - means[j], axis=1) < DLIB_SAME_PERSON
+    return {"class_pairs": len(i), "same_person_class_pairs": int(same.sum())}
+
+
 def judge_samples(metadata: Path, identities: int, seed: int = 0) -> pa.Table:
     """key, identity, class and box of every sample of a seeded choice of `identities` classes."""
     table = pq.read_table(metadata, columns=["key", "identity", "class", "box"])
@@ -118,6 +130,7 @@ def judge_dataset(judge: Judge, samples: pa.Table, images: dict[str, bytes]) -> 
         "genuine_pairs": len(g_cos),
         "impostor_pairs": len(i_cos),
     }
+    out |= _same_person_classes(np.stack(descriptors), labels)
     if not len(g_cos) or not len(i_cos):
         return out
     out |= {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import queue
 import sys
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from pipeline.registry import Registry
+from pipeline.runtime.orphans import die_with_parent
 from pipeline.runtime.progress import LOG_FORMAT
 from pipeline.shards.candidates import ShardSpec
 
@@ -80,7 +82,7 @@ class LocalExecutor:
         level = logging.getLogger().getEffectiveLevel()
         procs = {  # keyed by position: simulated CPU devices share a name
             f"#{i} {d}": ctx.Process(target=_device_process, args=(make_worker, d, f"#{i} {d}", todo, events, stop,
-                                     level), name=f"shards-{i}-{d}", daemon=True)
+                                     level, os.getpid()), name=f"shards-{i}-{d}", daemon=True)
             for i, d in enumerate(devices[1:], 1)
         }  # fmt: skip
         for proc in procs.values():
@@ -112,9 +114,12 @@ def _drain(worker: Worker, take: Callable[[], ShardSpec | None], stop: Any) -> N
 
 
 def _device_process(
-    make_worker: WorkerFactory, device: torch.device, name: str, todo: Any, events: Any, stop: Any, log_level: int
-) -> None:
-    """A spawned process for one device: build its worker, drain the queue, report progress and the outcome."""
+    make_worker: WorkerFactory, device: torch.device, name: str, todo: Any, events: Any, stop: Any, log_level: int,
+    parent: int,
+) -> None:  # fmt: skip
+    """A spawned process for one device (dies with the driver): build its worker, drain the queue, report
+    progress and the outcome."""
+    die_with_parent(parent)
     logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:
         make_worker.report_progress(lambda n: events.put(("images", name, n)))

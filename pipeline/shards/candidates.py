@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,14 +193,37 @@ class ShardStore:
         write_json_atomic(folder / f"{spec.name}.json", marker)
 
 
-def shard_files(folder: str | Path) -> list[Path]:
-    """The Parquet file of every shard the candidate manifest lists, in shard (identity) order."""
+def shard_files(folder: str | Path, hashes: bool = False) -> list[Path]:
+    """The Parquet file of every shard the candidate manifest lists, in shard (identity) order, each checked
+    against its marker: its size always (cheap), its sha256 too when `hashes` (a full read: the filter stage,
+    the first to read the shards after generate, does it; see `corrupt_shard`)."""
     folder = Path(folder)
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{folder / MANIFEST} not found: run the generate stage first (dvc repro)") from None
-    return [folder / f"{s['shard']}.parquet" for s in manifest["shards"]]
+    paths = [folder / f"{s['shard']}.parquet" for s in manifest["shards"]]
+    for path, marker in zip(paths, manifest["shards"], strict=True):
+        size = path.stat().st_size if path.is_file() else None
+        if size != marker["bytes"]:
+            raise corrupt_shard(path, f"{size} bytes, its marker says {marker['bytes']}")
+    if hashes:
+        with ThreadPoolExecutor(2) as pool:  # hashlib releases the GIL: two files at a time
+            for path, marker, digest in zip(paths, manifest["shards"], pool.map(sha256_file, paths), strict=True):
+                if digest != marker["sha256"]:
+                    raise corrupt_shard(
+                        path, f"sha256 {digest[:16]}... differs from its marker's {marker['sha256'][:16]}..."
+                    )
+    return paths
+
+
+def corrupt_shard(path: Path, what: str) -> PipelineError:
+    """The error for a candidate shard whose bytes are not the ones generate wrote, with the way out."""
+    return PipelineError(
+        f"{path}: {what}: the shard changed after generate wrote it. If DVC links files from its cache "
+        f"(cache.type hardlink), its cached copy is this same file: remove both (find .dvc/cache -samefile {path} "
+        f"-delete; rm {path}), then dvc repro: generate recomputes the shard and DVC caches the new one"
+    )
 
 
 def iter_candidates(folder: str | Path, columns: list[str] | None = None) -> Iterator[pa.Table]:

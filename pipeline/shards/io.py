@@ -31,6 +31,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def remove_temporaries(folder: str | Path, name: str = "*") -> int:
+    """Delete what killed writers left in `folder` (`atomic_path`'s `.NAME.tmp-PID-...` files, of `name` or of
+    any file); returns how many. Run once by the one process that owns the folder, before it writes."""
+    removed = 0
+    for path in Path(folder).glob(f".{name}.tmp-*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> dict[str, Any]:
     """Returns the file's manifest fields: sha256 and bytes."""
     with atomic_path(path) as tmp:
