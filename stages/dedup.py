@@ -8,6 +8,7 @@ import logging
 from pipeline.config import Params
 from pipeline.curation.capacity import block_size, capacity_curve
 from pipeline.curation.dedup import run_dedup
+from pipeline.runtime.device import resolve_devices
 from pipeline.shards.io import write_bytes_atomic
 from pipeline.stage import run_stage, stage_parser
 
@@ -15,9 +16,10 @@ log = logging.getLogger("stages.dedup")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    writer, state = run_dedup(args.candidates, args.filter, params.dedup, args.out)
-    ids, duplicate, _ = state.decided
-    log.info("dedup: %s; %d of %d identities kept", writer.summary(), int((~duplicate).sum()), len(ids))
+    device = resolve_devices(params.runtime)[0]
+    writer, state = run_dedup(args.candidates, args.filter, params.dedup, args.out, device)
+    ids, duplicate, real = state.decided
+    log.info("dedup: %s; %d of %d identities kept", writer.summary(), int((~duplicate & ~real).sum()), len(ids))
     count = params.identities.count
     curve = capacity_curve(ids, state.pairs, ~duplicate, block_size(count, params.identities.shard_size), count)
     write_bytes_atomic(args.capacity, curve.to_csv(index=False).encode())

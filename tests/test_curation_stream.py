@@ -157,3 +157,44 @@ def test_export_bytes_do_not_depend_on_the_number_of_workers(exported_dataset: P
     meta = pq.read_table(tmp_path / "one" / "metadata.parquet")
     assert meta.column("key").to_pylist() == sorted(meta.column("key").to_pylist())
     assert not (tmp_path / "one" / ".export-spill").exists()
+
+
+def test_stages_remove_what_a_killed_run_left_before_they_write(tmp_path: Path) -> None:
+    """A killed writer's `.NAME.tmp-*` files: the curation table's writer and the calibrate stage remove them
+    when they start, so DVC never records them as outputs."""
+    from pipeline.calibrate import run_calibrate
+    from pipeline.curation.table import write_curation
+
+    (tmp_path / "calibration").mkdir()
+    leftovers = [tmp_path / ".filter.parquet.tmp-123-abcd1234", tmp_path / "calibration" / ".directions.json.tmp-9-x"]
+    for path in leftovers:
+        path.write_bytes(b"partial")
+    rows = pd.DataFrame({"key": ["000000000_000"], "identity": [0], "variant": [0], "keep": [True], "reason": [""]})
+    write_curation(rows, tmp_path / "filter.parquet")
+    run_calibrate(small_params(attributes={"estimators": ["pose"]}), tmp_path / "calibration")
+    assert not any(p.exists() for p in leftovers)
+    assert sorted(p.name for p in (tmp_path / "calibration").iterdir()) == ["directions.json", "steer.json"]
+
+
+def test_the_measured_recall_travels_from_dedup_to_the_metrics(store, tmp_path: Path) -> None:
+    """IVF forced (exact_search_max 10): the recall dedup measured is the one in the dedup table's notes, in
+    the selection's (which export copies into manifest.json and the card) and in metrics.json's dedup.search."""
+    from pipeline.curation.table import curation_notes
+    from pipeline.report.metrics import build_metrics
+
+    folder, rows = store
+    cand = folder / "candidates"
+    run_filter(cand, LOOSE_FILTER, tmp_path / "f.parquet")
+    params = DedupParams(max_identity_similarity=0.5, min_sample_consistency=0.2, exact_search_max=10, ivf_nlist=8,
+                         ivf_nprobe=1, min_recall=0.5)  # fmt: skip
+    _, state = run_dedup(cand, tmp_path / "f.parquet", params, tmp_path / "d.parquet")
+    assert state.search.method == "ivf" and state.search.sample_queries == 70
+    notes = curation_notes(tmp_path / "d.parquet")["search"]
+    assert notes == state.search.to_json() and notes["recall"] == state.search.rounds[-1]["recall"]
+    run_balance(cand, tmp_path / "d.parquet", DatasetParams(identities=5, images_per_identity=2), BalanceParams(), [],
+                tmp_path / "s.parquet")  # fmt: skip
+    assert curation_notes(tmp_path / "s.parquet")["search"] == notes
+    deduped = read_curation(tmp_path / "d.parquet", ["key", "identity", "keep", "reason"])
+    manifest = {"rows": len(rows), "identities": 70, "shards": []}
+    metrics = build_metrics(manifest, deduped, deduped, deduped, {"counts": {}})
+    assert metrics["dedup"]["search"] == notes

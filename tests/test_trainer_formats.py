@@ -256,7 +256,9 @@ def test_card_says_which_scores_were_not_computed_or_tell_nothing() -> None:
         "name": "t", "generator": {"model": "smoke", "label": "smoke", "license": "x", "sha256": "0" * 64},
         "embedder_weights": "none", "counts": {"identities": 1, "images_per_identity": 1, "samples": 1,
         "candidates": 1}, "reasons": {}, "attributes": {}, "similarity": None, "formats": [], "format_notes": [],
-        "shards": 1, "params": {"generator": {"truncation_psi": 0.7}, "seed": 0}, "code_version": "v",
+        "shards": 1, "code_version": "v",
+        "params": {"generator": {"truncation_psi": 0.7}, "seed": 0,
+                   "dedup": {"max_identity_similarity": 0.5, "min_recall": 0.99}},
         "quality": {"q_disc": (nan, nan, nan), "q_serfiq": (0.3891, 0.3893, 0.3894), "q_sharpness": (7.1, 10.7, 16.1)},
     }  # fmt: skip
     card = render_card(info | {"name": "my-set", "formats": ["recordio"]})

@@ -25,7 +25,7 @@ from scipy.sparse import coo_array
 
 from pipeline.config import BalanceParams, DatasetParams
 from pipeline.curation.cells import SEP, Bin, Cell, Pool, bounds, identity_labels, joint_labels, profiles
-from pipeline.curation.table import CurationWriter, along_candidates, read_curation
+from pipeline.curation.table import CurationWriter, along_candidates, curation_notes, read_curation
 from pipeline.errors import PipelineError
 from pipeline.faces.attributes import AttributeInfo
 
@@ -304,7 +304,7 @@ def run_balance(
         pool.add(frame)
     plan = plan_selection(pool, bins, dataset, balance)
     eligible = pool.eligible()[0]
-    with CurationWriter(out, SELECTION_FIELDS) as writer:
+    with CurationWriter(out, SELECTION_FIELDS, curation_notes(curation)) as writer:  # dedup's search report on
         for frame in _frames(curation, candidates, columns):
             writer.write(apply_plan(frame, plan, eligible, k, pool.sample_attrs))
     return writer, plan

@@ -1,9 +1,10 @@
 """Dedup: within-identity consistency shard by shard, then look-alike identities across the whole set.
 
-Only identity centroids (float16) and a mean quality per identity stay in memory. FAISS finds centroid
-pairs above `dedup.max_identity_similarity`; a maximal independent set of that look-alike graph
-survives, so no kept pair is above the threshold, every dropped identity has a kept look-alike, and a
-chain A~B~C keeps both A and C (one per connected component would keep one).
+Only identity centroids (float16) and a mean quality per identity stay in memory. The look-alike search
+(curation/search.py: exact on a device, or approximate to a measured recall) finds centroid pairs above
+`dedup.max_identity_similarity`; a maximal independent set of that look-alike graph survives, so no kept
+pair is above the threshold, every dropped identity has a kept look-alike, and a chain A~B~C keeps both A
+and C (one per connected component would keep one). The search's report travels in the table's metadata.
 """
 
 from __future__ import annotations
@@ -16,89 +17,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 from scipy.sparse import csr_array
 
 from pipeline.config import DedupParams
 from pipeline.curation.consistency import consistency_reasons, identity_centroids, normalise
+from pipeline.curation.search import SearchReport, search
 from pipeline.curation.table import CurationWriter, along_candidates, keep_mask, read_curation
-from pipeline.errors import PipelineError
+from pipeline.errors import InputError, PipelineError
 from pipeline.shards.candidates import MANIFEST, embedding_matrix
 
 log = logging.getLogger(__name__)
+CPU = torch.device("cpu")
 
-RECALL_SAMPLE = 2000
-#: Vectors per FAISS add/search call: bounds the float32 copies made from the float16 centroids.
+#: Vectors per FAISS search call in the reference check.
 CHUNK = 65_536
 #: Candidate columns dedup reads.
 DEDUP_COLUMNS = ["key", "identity", "variant", "embedding", "det_prob"]
 #: Reason codes dedup adds, in the order they are decided.
 CODES = ("", "drift", "near_copy", "duplicate_identity", "matches_reference")
-
-
-def _ivf_index(d: int, nlist: int, nprobe: int, train: np.ndarray):
-    import faiss
-
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.max_points_per_centroid = 64
-    index.train(np.ascontiguousarray(train, dtype=np.float32))
-    index.nprobe = min(nprobe, nlist)
-    return index
-
-
-def similar_pairs(
-    vectors: np.ndarray, threshold: float, exact_max: int = 50_000, nlist: int | None = None, nprobe: int = 8
-) -> np.ndarray:
-    """All pairs (i < j) of rows with inner product > threshold, as [P, 2] int64.
-
-    Exact (flat index) up to `exact_max` vectors (O(n^2): 100k take about a minute on 2 cores); above
-    it an IVF index with `nlist` lists (default 4 sqrt(n)) probing `nprobe`, trained on rows chosen by
-    position with a fixed seed (callers pass rows sorted by identity id, so by id), whose recall is
-    measured against exact search on a sample and logged. Rows go to FAISS in float32 chunks, so
-    float16 input is never copied whole."""
-    n = len(vectors)
-    if n < 2:
-        return np.zeros((0, 2), np.int64)
-    import faiss
-
-    d = vectors.shape[1]
-    if n <= exact_max:
-        index = faiss.IndexFlatIP(d)
-    else:
-        nlist = nlist or max(1, int(4 * np.sqrt(n)))
-        train_rows = np.sort(np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False))
-        index = _ivf_index(d, nlist, nprobe, vectors[train_rows])
-    for lo in range(0, n, CHUNK):
-        index.add(np.ascontiguousarray(vectors[lo : lo + CHUNK], dtype=np.float32))
-    found = []
-    for lo in range(0, n, CHUNK):
-        lims, _, labels = index.range_search(np.ascontiguousarray(vectors[lo : lo + CHUNK], dtype=np.float32),
-                                             float(threshold))  # fmt: skip
-        rows = lo + np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))
-        pairs = np.stack([rows, labels.astype(np.int64)], 1)
-        found.append(pairs[pairs[:, 0] < pairs[:, 1]])
-    pairs = np.concatenate(found)
-    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
-    if n > exact_max:
-        _log_recall(vectors, threshold, pairs)
-    return pairs
-
-
-def _log_recall(x: np.ndarray, threshold: float, found: np.ndarray, chunk: int = 16_384) -> float:
-    """Share of the true pairs of a sample of queries (exact search, in chunks) that the index found."""
-    sample = np.random.default_rng(1).choice(len(x), size=min(len(x), RECALL_SAMPLE), replace=False)
-    queries = np.asarray(x[sample], dtype=np.float32)
-    truth: set[tuple[int, int]] = set()
-    for lo in range(0, len(x), chunk):
-        rows, cols = np.nonzero(queries @ np.asarray(x[lo : lo + chunk], dtype=np.float32).T > threshold)
-        for a, b in zip(sample[rows].tolist(), (cols + lo).tolist(), strict=True):
-            if a != b:
-                truth.add((min(a, b), max(a, b)))
-    sampled = set(sample.tolist())
-    got = {p for p in map(tuple, found.tolist()) if p[0] in sampled or p[1] in sampled}
-    recall = len(truth & got) / len(truth) if truth else 1.0
-    log.info("dedup: IVF recall %.4f on %d sampled identities (%d true pairs)", recall, len(sample), len(truth))
-    return recall
 
 
 def independent_set(pairs: np.ndarray, quality: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -124,38 +63,68 @@ def independent_set(pairs: np.ndarray, quality: np.ndarray, ids: np.ndarray) -> 
 
 
 def dedup_identities(
-    centroids: np.ndarray, ids: np.ndarray, quality: np.ndarray, params: DedupParams
-) -> tuple[np.ndarray, np.ndarray]:
-    """Kept mask over the given identities and their look-alike pairs (as row positions, i < j), in any
-    row order: rows are sorted by identity id first, so the index and the result depend on ids only."""
+    centroids: np.ndarray, ids: np.ndarray, quality: np.ndarray, params: DedupParams, device: torch.device = CPU
+) -> tuple[np.ndarray, np.ndarray, SearchReport]:
+    """Kept mask over the given identities, their look-alike pairs (as row positions, i < j) and how the pairs
+    were found, in any row order: rows are sorted by identity id first, so the result depends on ids only."""
     order = np.argsort(ids, kind="stable")
     in_order = bool((np.diff(ids) > 0).all())  # the stage's case: shards come in identity order, no copy
-    pairs = similar_pairs(
-        centroids if in_order else centroids[order], params.max_identity_similarity, params.exact_search_max,
-        params.ivf_nlist, params.ivf_nprobe,
+    pairs, report = search(
+        centroids if in_order else centroids[order], params.max_identity_similarity, device,
+        params.exact_search_max, params.min_recall, params.ivf_nlist, params.ivf_nprobe,
     )  # fmt: skip
     keep_sorted = independent_set(pairs, quality[order], ids[order])
     keep = np.empty(len(ids), bool)
     keep[order] = keep_sorted
-    return keep, np.sort(order[pairs], axis=1) if len(pairs) else pairs
+    return keep, np.sort(order[pairs], axis=1) if len(pairs) else pairs, report
+
+
+#: Reference embeddings held at once (2 GiB in float32): a set of real people, not a dataset.
+MAX_REFERENCE_ROWS = 1_000_000
 
 
 def load_reference(path: str | Path) -> np.ndarray:
-    """Unit-norm embeddings of real people from a Parquet file with an `embedding` column."""
+    """Unit-norm embeddings of real people from a Parquet file with an `embedding` column of 512 floats per row.
+    Every row must be finite and non-zero: a NaN row matches nobody, so one would switch the check off."""
+    where = f"dedup.reference: {path}"
     try:
+        meta = pq.read_metadata(path)
+        if meta.num_rows > MAX_REFERENCE_ROWS:
+            raise InputError(f"{where}: {meta.num_rows:,} rows, more than {MAX_REFERENCE_ROWS:,} reference people")
         table = pq.read_table(path, columns=["embedding"])
     except FileNotFoundError:
-        raise PipelineError(f"dedup.reference: {path} not found") from None
-    except (pa.ArrowInvalid, KeyError) as err:
-        raise PipelineError(f"dedup.reference: {path} needs an `embedding` column of 512 floats ({err})") from None
-    column = table.column("embedding")
-    if pa.types.is_fixed_size_list(column.type):
-        emb = embedding_matrix(column).astype(np.float32)
-    else:
-        emb = np.stack(column.to_numpy(zero_copy_only=False)).astype(np.float32)
-    if emb.ndim != 2 or emb.shape[1] != 512:
-        raise PipelineError(f"dedup.reference: embeddings must be 512-d, got shape {emb.shape}")
+        raise InputError(f"{where} not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{where} is a folder, not a Parquet file") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, OSError) as err:
+        raise InputError(f"{where} is not a Parquet file with an `embedding` column ({str(err)[:120]})") from None
+    emb = _embedding_rows(table.column("embedding"), where)
+    if not len(emb):
+        raise InputError(f"{where} has no rows: give at least one embedding, or set dedup.reference: null")
+    bad = ~np.isfinite(emb).all(1) | (np.linalg.norm(emb, axis=1) == 0)
+    if bad.any():
+        raise InputError(
+            f"{where}: {int(bad.sum())} rows are not finite or are zero (first: row {int(np.argmax(bad))})"
+        )
     return normalise(emb)
+
+
+def _embedding_rows(column: pa.ChunkedArray, where: str) -> np.ndarray:
+    """[rows, 512] float32 from a list column of numbers (fixed-size or not), or InputError saying what it is."""
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+        raise InputError(f"{where}: `embedding` must be lists of 512 numbers, got {kind}")
+    if not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+        raise InputError(f"{where}: `embedding` must hold numbers, got {kind.value_type}")
+    if pa.types.is_fixed_size_list(kind):
+        sizes = np.full(len(column), kind.list_size)
+    else:
+        sizes = np.asarray(pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False))
+    if column.null_count or (sizes != 512).any():
+        row = int(np.argmax(sizes != 512)) if (sizes != 512).any() else 0
+        raise InputError(f"{where}: every row needs 512 numbers; row {row} has {int(sizes[row])}")
+    values = pa.concat_arrays([c.flatten() for c in column.chunks]) if column.num_chunks else pa.array([], pa.float32())
+    return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, 512)
 
 
 def reference_matches(centroids: np.ndarray, reference: np.ndarray, threshold: float) -> np.ndarray:
@@ -174,6 +143,7 @@ class Dedup:
     """Dedup state over a stream of shards: per-row reason codes, per-identity centroid and quality."""
 
     params: DedupParams
+    device: torch.device = CPU
     codes: list[np.ndarray] = field(default_factory=list)
     ids: list[np.ndarray] = field(default_factory=list)
     capacity: int = 0
@@ -182,6 +152,7 @@ class Dedup:
     quality: list[np.ndarray] = field(default_factory=list)
     pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     decided: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    search: SearchReport | None = None
 
     def add_shard(
         self, keep: np.ndarray, identity: np.ndarray, variant: np.ndarray, embedding: np.ndarray, det_prob: np.ndarray
@@ -222,15 +193,15 @@ class Dedup:
             raise PipelineError("dedup: an identity spans two candidate shards (the shards are not by identity)")
         centroids = self.buffer[: self.filled] if self.buffer is not None else np.zeros((0, 512), np.float16)
         quality = np.concatenate(self.quality) if self.quality else np.zeros(0)
-        keep, self.pairs = dedup_identities(centroids, ids, quality, self.params)
-        log.info("dedup: %d identities, %d look-alike pairs, %d kept", len(ids), len(self.pairs), int(keep.sum()))
+        reference = load_reference(self.params.reference) if self.params.reference else None  # before the search
+        keep, self.pairs, self.search = dedup_identities(centroids, ids, quality, self.params, self.device)
         real = np.zeros(len(ids), bool)
-        if self.params.reference and len(ids):
-            real = keep & reference_matches(
-                centroids, load_reference(self.params.reference), self.params.max_reference_similarity
-            )
-            log.info("dedup: %d identities closer than %.2f to a reference person", int(real.sum()),
-                     self.params.max_reference_similarity)  # fmt: skip
+        if reference is not None and len(ids):
+            real = keep & reference_matches(centroids, reference, self.params.max_reference_similarity)
+        log.info("dedup: %d identities, %d look-alike pairs (%s search, recall %.4f): %d dropped as look-alikes, "
+                 "%d as closer than %.2f to a reference person, %d kept", len(ids), len(self.pairs),
+                 self.search.method, self.search.recall, int((~keep).sum()), int(real.sum()),
+                 self.params.max_reference_similarity, int((keep & ~real).sum()))  # fmt: skip
         self.decided = (ids, ~keep, real)
         return self.decided
 
@@ -261,12 +232,13 @@ def _decided_rows(rows: pa.Table, codes: np.ndarray) -> pa.Table:
 
 
 def run_dedup(
-    candidates: str | Path, filter_path: str | Path, params: DedupParams, out: str | Path
+    candidates: str | Path, filter_path: str | Path, params: DedupParams, out: str | Path, device: torch.device = CPU
 ) -> tuple[CurationWriter, Dedup]:
-    """The dedup stage: two passes over the shards (consistency + centroids, then the decisions)."""
+    """The dedup stage: two passes over the shards (consistency + centroids, then the decisions); the look-alike
+    search runs on `device`, and its report goes into the table's metadata (`curation_notes`: `search`)."""
     curation = read_curation(filter_path, ["key", "identity", "variant", "keep", "reason"])
     manifest = json.loads((Path(candidates) / MANIFEST).read_text())
-    state = Dedup(params, capacity=sum(b - a for a, b in (s["identities"] for s in manifest["shards"])))
+    state = Dedup(params, device, capacity=sum(b - a for a, b in (s["identities"] for s in manifest["shards"])))
     for shard, rows in along_candidates(curation, candidates, DEDUP_COLUMNS):
         state.add_shard(
             keep_mask(rows), shard.column("identity").to_numpy(), shard.column("variant").to_numpy(),
@@ -274,7 +246,7 @@ def run_dedup(
         )  # fmt: skip
     state.finish()
     offset = 0
-    with CurationWriter(out) as writer:
+    with CurationWriter(out, notes={"search": state.search.to_json()}) as writer:
         for i, codes in enumerate(state.codes):
             rows = curation.slice(offset, len(codes))
             offset += len(codes)

@@ -8,6 +8,7 @@ tables of millions of rows.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
 from pipeline.shards.candidates import iter_candidates
-from pipeline.shards.io import atomic_path
+from pipeline.shards.io import atomic_path, remove_temporaries
 
 BASE_SCHEMA = pa.schema(
     [
@@ -42,13 +43,14 @@ def _as_table(rows: pd.DataFrame | pa.Table, schema: pa.Schema) -> pa.Table:
 class CurationWriter:
     """Appends keep/reason rows (a shard at a time) to one Parquet file, renamed into place on success."""
 
-    def __init__(self, path: str | Path, extra: list[pa.Field] | None = None):
+    def __init__(self, path: str | Path, extra: list[pa.Field] | None = None, notes: dict[str, Any] | None = None):
         self.path = Path(path)
-        self.schema = pa.schema(list(BASE_SCHEMA) + (extra or []))
+        self.schema = pa.schema(list(BASE_SCHEMA) + (extra or []), metadata=_notes_metadata(notes))
         self.counts: dict[str, int] = {}
         self.rows = self.kept = 0
 
     def __enter__(self) -> CurationWriter:
+        remove_temporaries(self.path.parent, self.path.name)  # a killed run's partial table
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
         self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd")
@@ -68,6 +70,25 @@ class CurationWriter:
 
     def summary(self) -> str:
         return f"kept {self.kept:,} of {self.rows:,}; rejected {dict(sorted(self.counts.items()))}"
+
+
+#: Prefix of the Parquet schema metadata keys that carry a step's notes (JSON) to the steps after it.
+NOTE_PREFIX = "synthfaces."
+
+
+def _notes_metadata(notes: dict[str, Any] | None) -> dict[bytes, bytes] | None:
+    if not notes:
+        return None
+    return {f"{NOTE_PREFIX}{k}".encode(): json.dumps(v, sort_keys=True).encode() for k, v in notes.items()}
+
+
+def curation_notes(table_or_path: pa.Table | str | Path) -> dict[str, Any]:
+    """The notes a curation table carries (e.g. dedup's `search` report), from its schema metadata."""
+    schema = table_or_path.schema if isinstance(table_or_path, pa.Table) else pq.read_schema(table_or_path)
+    meta = schema.metadata or {}
+    return {
+        k.decode()[len(NOTE_PREFIX) :]: json.loads(v) for k, v in meta.items() if k.decode().startswith(NOTE_PREFIX)
+    }
 
 
 def write_curation(rows: pd.DataFrame | pa.Table, path: str | Path, extra: list[pa.Field] | None = None) -> None:

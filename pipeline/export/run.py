@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import os
 import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,8 +20,9 @@ import pyarrow.parquet as pq
 import pipeline
 from pipeline.config import ExportParams, Params
 from pipeline.curation.consistency import normalise
-from pipeline.curation.table import keep_mask, read_curation, reason_counts
+from pipeline.curation.table import curation_notes, keep_mask, read_curation, reason_counts
 from pipeline.errors import PipelineError
+from pipeline.export.pool import WorkerPool, export_workers
 from pipeline.export.workers import (
     DatasetTask,
     EncodeTask,
@@ -34,10 +32,12 @@ from pipeline.export.workers import (
     write_dataset,
     write_shard,
 )
+from pipeline.faces.attributes import attribute_catalog
 from pipeline.faces.columns import QUALITY_COLUMNS
+from pipeline.report.audit import LabelAudit
 from pipeline.report.card import render_card
 from pipeline.report.judge import run_judge
-from pipeline.runtime.progress import progress
+from pipeline.runtime.device import resolve_devices
 from pipeline.shards.candidates import IMAGE_COLUMNS, MANIFEST, embedding_matrix, shard_files
 from pipeline.shards.io import hashed_atomic, write_json_atomic
 from pipeline.shards.layout import Layout, entry
@@ -52,8 +52,6 @@ SHARD_PREFIX = "train"
 SPILL = ".export-spill"
 #: Samples (the first by key) for the card's genuine / impostor means.
 SIMILARITY_SAMPLES = 4000
-T = TypeVar("T")
-R = TypeVar("R")
 JSON_FIELDS = ("identity", "variant", "seed", "psi", "det_prob", "n_faces", "box", "landmarks", "model_sha256")
 
 
@@ -91,45 +89,6 @@ def partition(sizes: list[int] | np.ndarray, max_count: int, max_bytes: int) -> 
     if start < len(sizes):
         slices.append(slice(start, len(sizes)))
     return slices
-
-
-def export_workers(setting: int | str) -> int:
-    return len(os.sched_getaffinity(0)) if setting == "auto" else int(setting)
-
-
-class WorkerPool:
-    """One spawned process pool for both export passes (workers import their libraries once), or this
-    process when one worker is asked for; `map` returns results in task order with a progress bar."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.pool: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> WorkerPool:
-        if self.workers > 1:
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-
-    def submit(self, fn: Callable[[T], R], task: T) -> Future[R]:
-        """Run one task on the pool (or here, now, without one)."""
-        if self.pool is not None:
-            return self.pool.submit(fn, task)
-        done: Future[R] = Future()
-        done.set_result(fn(task))
-        return done
-
-    def map(self, fn: Callable[[T], R], tasks: list[T], desc: str) -> list[R]:
-        bar = progress(len(tasks), desc, unit="shard")
-        results = []
-        with bar:
-            for result in self.pool.map(fn, tasks) if self.pool is not None and len(tasks) > 1 else map(fn, tasks):
-                results.append(result)
-                bar.update()
-        return results
 
 
 def run_export(
@@ -182,33 +141,57 @@ def _export(
             sizes[pos] = size
         log.info("export: %d samples from %d candidate shards encoded in %.1f s on %d processes", len(selected),
                  len(tasks), time.perf_counter() - start, workers)  # fmt: skip
-        files, stats, shards = _write_formats(pool, tasks, sizes, positions, layout, writers, ex, out_dir)
-    verdict = None
-    if params.judge.model is not None and len(selected):
-        verdict = run_judge(params.judge.model, params.judge.identities, candidates_dir, out_dir / "metadata.parquet",
-                            weights)  # fmt: skip
+        audit = LabelAudit(params.dedup.min_sample_consistency, _identity_attributes(params, tasks))
+        files, stats, shards = _write_formats(pool, tasks, sizes, positions, layout, writers, ex, out_dir, audit)
     counts = {
         "identities": layout.classes,
         "images_per_identity": params.dataset.images_per_identity,
         "samples": len(selected),
         "candidates": int(cand_manifest["rows"]),
     }
-    card_info = _card_info(params, cand_manifest, selection, counts, stats, writers, shards) | {"judge": verdict}
+    card_info = _card_info(params, cand_manifest, selection, counts, stats, writers, shards)
+    card_info |= _verdicts(params, candidates_dir, out_dir, selection, audit, weights)
+    return _publish(params, cand_manifest, out_dir, files, card_info)
+
+
+def _verdicts(
+    params: Params, candidates_dir: Path, out_dir: Path, selection: pa.Table, audit: LabelAudit,
+    weights: WeightsStore | None,
+) -> dict[str, Any]:  # fmt: skip
+    """What the dataset is judged by: the independent judge, dedup's look-alike search, the label audit."""
+    verdict = None
+    if params.judge.model is not None and audit.classes:
+        verdict = run_judge(params.judge.model, params.judge.identities, candidates_dir, out_dir / "metadata.parquet",
+                            weights)  # fmt: skip
+    device = resolve_devices(params.runtime)[0]
+    return {
+        "judge": verdict,
+        "search": curation_notes(selection).get("search"),
+        "audit": audit.finish(params.dedup.max_identity_similarity, device, verdict),
+    }
+
+
+def _publish(
+    params: Params, cand_manifest: dict, out_dir: Path, files: list[dict[str, Any]], card_info: dict[str, Any]
+) -> dict[str, Any]:
+    """The dataset card, then manifest.json (written last: it lists every file with its sha256)."""
     with hashed_atomic(out_dir / "README.md") as fh:
         fh.write(render_card(card_info).encode())
     files.append(entry("README.md", None, {"sha256": fh.sha256, "bytes": fh.size}))
     manifest = {
         "name": params.dataset.name,
-        "counts": {**counts, "shards": shards},
-        "classes": counts["identities"],
-        "formats": list(ex.formats),
+        "counts": {**card_info["counts"], "shards": card_info["shards"]},
+        "classes": card_info["counts"]["identities"],
+        "formats": list(params.export.formats),
         "files": files,
         "generator": cand_manifest["generator"],
         "embedder_weights": cand_manifest["embedder_weights"],
         "candidates_fingerprint": cand_manifest["fingerprint"],
         "params": params.model_dump(mode="json"),
         "code_version": card_info["code_version"],
-        "judge": verdict,
+        "judge": card_info["judge"],
+        "dedup_search": card_info["search"],
+        "audit": card_info["audit"],
     }
     write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest
@@ -235,6 +218,13 @@ def _card_info(
         "code_version": code_version(),
         "smoke": params.generator.model == "smoke",
     }
+
+
+def _identity_attributes(params: Params, tasks: list[EncodeTask]) -> list[str]:
+    """Identity-level attributes whose labels the exported samples carry (for the label audit)."""
+    columns = set(tasks[0].meta_columns) if tasks else set()
+    catalog = attribute_catalog(params.attributes)
+    return sorted(a for a, info in catalog.items() if info.level == "identity" and f"attr_{a}" in columns)
 
 
 def _encode_tasks(
@@ -265,7 +255,7 @@ def _encode_tasks(
 
 def _write_formats(
     pool: WorkerPool, tasks: list[EncodeTask], sizes: np.ndarray, positions: np.ndarray, layout: Layout,
-    writers: dict[str, Any], ex: ExportParams, out_dir: Path,
+    writers: dict[str, Any], ex: ExportParams, out_dir: Path, audit: LabelAudit,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], int]:  # fmt: skip
     """Pass 2: every format from the spills (whole-dataset formats beside the shard writes) and metadata.parquet;
     returns the manifest entries, the card's statistics and the number of output shards."""
@@ -282,7 +272,7 @@ def _write_formats(
     starts = np.array([sl.start for sl in slices], np.int64)
     with ThreadPoolExecutor(1) as thread:  # metadata.parquet in this process while the workers write shards
         meta = thread.submit(_write_metadata, out_dir / "metadata.parquet", [t.meta_spill for t in tasks],
-                             positions, starts, names)  # fmt: skip
+                             positions, starts, names, audit)  # fmt: skip
         files = [e for entries in pool.map(write_shard, write_tasks, "export: write") for e in entries]
         for fmt in shard_formats:
             folder = writers[fmt].folder
@@ -301,10 +291,11 @@ def _write_formats(
 
 
 def _write_metadata(
-    path: Path, meta_spills: list[str], positions: np.ndarray, starts: np.ndarray, names: list[str]
+    path: Path, meta_spills: list[str], positions: np.ndarray, starts: np.ndarray, names: list[str], audit: LabelAudit
 ) -> dict[str, Any]:
     """metadata.parquet in key order (the spills in shard order), with each sample's output shard; the card's
-    statistics gathered on the way (attribute counts, quality percentiles, similarity of the first samples)."""
+    statistics gathered on the way (attribute counts, quality percentiles, similarity of the first samples) and
+    the label audit's per-class state (a spill holds whole classes)."""
     attributes: dict[str, Counter] = {}
     quality: dict[str, list[np.ndarray]] = {c: [] for c in QUALITY_COLUMNS}
     embeddings, identities = [], []
@@ -319,6 +310,7 @@ def _write_metadata(
             if writer is None:
                 writer = pq.ParquetWriter(fh, table.schema, compression="zstd")
             writer.write_table(table)
+            audit.add(table)
             for c in (n for n in table.column_names if n.startswith("attr_")):
                 if pa.types.is_string(table.schema.field(c).type):
                     attributes.setdefault(c, Counter()).update(table.column(c).to_pylist())

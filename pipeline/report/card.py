@@ -107,6 +107,45 @@ def _training(info: dict[str, Any]) -> str:
     return "## Train on it\nRun the commands in this folder.\n\n" + _table(rows, ("trainer", "format", "how"))
 
 
+def _audit(audit: dict[str, Any] | None) -> str:
+    """The label audit in plain words: classes that may be one person, classes that may be two."""
+    if not audit or not audit["classes"]:
+        return ""
+    one, two = audit["one_person"], audit["two_people"]
+    searched = (
+        f"all {audit['classes']:,} classes" if one["sampled_classes"] == audit["classes"]
+        else f"{one['sampled_classes']:,} seeded classes against all {audit['classes']:,}"
+    )  # fmt: skip
+    low, high = one["interval"]
+    lines = [
+        f"- **Classes that are one person:** by the curation embedder, {one['pairs_found']:,} pairs of classes "
+        f"whose centroids have cosine above {one['threshold']} ({searched}): about {one['estimated_pairs']:,.1f} "
+        f"such pairs in the dataset (95% interval {low:,.1f}-{high:,.1f})."
+    ]
+    if judge := one.get("judge"):
+        jl, jh = judge["interval"]
+        lines.append(
+            f"- By the independent judge (`{judge['model']}`): {judge['same_person_class_pairs']:,} of the "
+            f"{judge['class_pairs']:,} pairs of its {judge['classes']} classes are the same person to it: about "
+            f"{judge['estimated_pairs']:,.0f} pairs in the dataset (95% interval {jl:,.0f}-{jh:,.0f})."
+        )
+    share = two["samples_unlike_their_class"]
+    many = next(v for k, v in two.items() if k.startswith("classes_with_") and k.endswith("pct_unlike"))
+    lines.append(
+        f"- **Classes that are two people:** {share:.1%} of the samples are below `dedup.min_sample_consistency` "
+        f"({two['min_sample_consistency']}) to their class's centroid; {many:,} classes have a quarter or more such "
+        "samples."
+    )
+    for a, d in two["attributes"].items():
+        lines.append(
+            f"- `{a}` (a person's attribute): {d['samples_differing_from_class_majority']:.1%} of the samples are "
+            f"labelled otherwise than their class's majority, in {d['classes_with_a_differing_sample']:,} classes."
+        )
+    return "## Label audit\nLabel noise a recognition model would learn from, measured on this export.\n\n" + "\n".join(
+        lines
+    )
+
+
 def _how_built(info: dict[str, Any]) -> str:
     gen = info["generator"]
     rows = [
@@ -159,12 +198,36 @@ def _quality(info: dict[str, Any]) -> str:
     return text
 
 
+def search_sentence(search: dict[str, Any] | None, dedup: dict[str, Any]) -> str:
+    """How completely dedup found the look-alike identities (curation/search.py's report)."""
+    if not search:
+        return ""
+    threshold, target = dedup["max_identity_similarity"], dedup["min_recall"]
+    head = f"Look-alike identities (centroid cosine above {threshold}): {search['pairs']:,} pairs among "
+    head += f"{search['identities']:,} identities, found by "
+    if search["method"] == "exact":
+        tried = "; IVF did not reach the recall target first" if search.get("rounds") else ""
+        return head + (
+            f"exact search on `{search['device']}` ({search['kernel']} products, every pair near the threshold "
+            f"re-checked in float64): recall 1 by construction{tried}."
+        )
+    low, high = search["recall_interval"]
+    probes = search["rounds"][-1]["nprobe"]
+    return head + (
+        f"an IVF index (nprobe {probes}): measured recall **{search['recall']:.4f}** (95% interval {low:.4f}-"
+        f"{high:.4f}) of the {search['sample_true_pairs']:,} look-alike pairs touching {search['sample_queries']:,} "
+        f"sampled identities, against the target `dedup.min_recall` {target}."
+    )
+
+
 def _curation(info: dict[str, Any]) -> list[str]:
     reasons = sorted(info["reasons"].items(), key=lambda kv: -kv[1])
-    parts = [
-        "## Curation\nCandidates rejected, by first reason:\n\n"
-        + _table(reasons or [("(none)", 0)], ("reason", "count"))
-    ]
+    text = "## Curation\nCandidates rejected, by first reason:\n\n" + _table(
+        reasons or [("(none)", 0)], ("reason", "count")
+    )
+    if sentence := search_sentence(info.get("search"), info["params"]["dedup"]):
+        text += "\n\n" + sentence
+    parts = [text]
     if info["quality"]:
         parts.append(_quality(info))
     if info["similarity"]:
@@ -215,7 +278,10 @@ def render_card(info: dict[str, Any]) -> str:
         "synthetic-media notice (IPTC DigitalSourceType `trainedAlgorithmicMedia` in XMP, and an "
         "EXIF ImageDescription)."
     )
-    parts += [_contents(info), _training(info), _how_built(info), *_curation(info)]
+    parts += [_contents(info)]
+    if audit := _audit(info.get("audit")):
+        parts.append(audit)
+    parts += [_training(info), _how_built(info), *_curation(info)]
     if info.get("judge"):
         parts.append(judge_section(info["judge"], bool(info.get("smoke"))))
     for column, dist in sorted(info["attributes"].items()):

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.curation.table import reason_counts
+from pipeline.curation.table import curation_notes, reason_counts
 from pipeline.report.verification import HISTOGRAM_EDGES, verification_rates
 from pipeline.shards.io import write_bytes_atomic
 
@@ -39,6 +39,7 @@ def build_metrics(
         "dedup": {
             **stage_metrics(deduped),
             "identities_kept": len(pc.unique(deduped.column("identity").filter(deduped.column("keep")))),
+            "search": curation_notes(deduped).get("search"),
         },
         "balance": stage_metrics(selection),
         "dataset": dataset["counts"],
