@@ -1,10 +1,13 @@
 """Benchmark: what a recognition model could learn from the identities, for the style-mixing baseline vs.
-identity-preserving edits and separation by construction, on one generator and one run.
+identity-preserving edits (one axis, or the preset's yaw, pitch and smile held off the identity layer) and
+separation by construction, on one generator and one run.
 
 For each configuration the real calibrate, generate, filter and dedup run on the preset (smoke by default);
-then, per configuration:
-- yaw spread inside identities: the pooled within-identity standard deviation of attr_yaw over candidates
-  (and the mean of per-identity deviations), against a uniform spread over the edit range;
+then, over the samples dedup keeps of the identities that keep enough of them:
+- spread inside identities per axis (yaw, pitch, smile): the pooled within-identity standard deviation of the
+  smoke renderer's true value, against a uniform spread over the preset's edit range;
+- identity stability: the share of variants whose skin tone or hair (the renderer's truth) differs from their
+  identity's canonical image;
 - drift / near-copy / duplicate-identity rejections, and the duplicate rate (identities dropped as look-alikes);
 - genuine and impostor cosines of the kept samples with the curation embedder, and with the independent judge
   (dlib) on a seeded choice of kept identities: means and equal-error rates;
@@ -45,15 +48,18 @@ from pipeline.generate.driver import run_generate
 from pipeline.identities.variation import edit_scales
 from pipeline.plugins import check_plugins
 from pipeline.report.judge import JUDGES, judge_dataset, pair_scores
+from pipeline.report.variation import variation_report
 from pipeline.report.verification import verification_rates
 from pipeline.shards.candidates import candidate_images
 
-YAW = (-30.0, 30.0)
+#: The smoke preset's edit ranges: what each axis's spread is compared with.
+AXES = {"yaw": (-30.0, 30.0), "smoke_pitch": (-15.0, 15.0), "smoke_smile": (-0.4, 0.9)}
+NONE = {"yaw": [], "smoke_pitch": [], "smoke_smile": []}
 CONFIGS: dict[str, dict[str, Any]] = {
-    "baseline": {"variation": {"mix": True, "edits": {"yaw": []}}},  # the preset's style mixing
-    "edit": {"variation": {"mix": False, "edits": {"yaw": list(YAW)}}},
-    "edit+separation": {"variation": {"mix": False, "edits": {"yaw": list(YAW)}}, "identities": {"separation": 0.95}},
-    "mix+separation": {"variation": {"mix": True, "edits": {"yaw": []}}, "identities": {"separation": 0.95}},
+    "baseline": {"variation": {"mix": True, "edits": NONE}},  # style mixing of layer 1
+    "yaw": {"variation": {"edits": {**NONE, "yaw": [-30, 30]}, "preserve": []}},
+    "preset": {},
+    "preset+separation": {"identities": {"separation": 0.95}},
 }
 
 
@@ -61,14 +67,6 @@ def candidates(folder: Path, columns: list[str]) -> pd.DataFrame:
     parts = [pq.read_table(p, columns=[c for c in columns if c in pq.read_schema(p).names]).to_pandas()
              for p in sorted(folder.glob("shard-*.parquet"))]  # fmt: skip
     return pd.concat(parts, ignore_index=True)
-
-
-def yaw_spread(frame: pd.DataFrame) -> tuple[float, float]:
-    """Pooled within-identity standard deviation of attr_yaw, and the mean of per-identity deviations."""
-    f = frame.dropna(subset=["attr_yaw"])
-    deviation = f["attr_yaw"] - f.groupby("identity")["attr_yaw"].transform("mean")
-    pooled = float(np.sqrt((deviation**2).sum() / max(len(f) - f["identity"].nunique(), 1)))
-    return pooled, float(f.groupby("identity")["attr_yaw"].std(ddof=0).mean())
 
 
 def cosine_rates(embeddings: np.ndarray, identities: np.ndarray) -> dict[str, float]:
@@ -94,7 +92,8 @@ def run(name: str, overrides: dict[str, Any], preset: str, root: Path, judge_ide
     generate_s = time.perf_counter() - start
     run_filter(work / "candidates", params.filter, work / "filter.parquet")
     run_dedup(work / "candidates", work / "filter.parquet", params.dedup, work / "dedup.parquet")
-    cols = ["key", "identity", "variant", "attr_yaw", "embedding", "box", "edit_scale", "sep_try"]
+    truth = ["attr_smoke_yaw", "attr_smoke_pitch", "attr_smoke_smile", "attr_smoke_skin", "attr_smoke_hair"]
+    cols = ["key", "identity", "variant", *truth, "embedding", "box", "edit_scale", "sep_try"]
     cand = candidates(work / "candidates", cols)
     dedup = pq.read_table(work / "dedup.parquet", columns=["key", "keep", "reason"]).to_pandas()
     cand = cand.merge(dedup, on="key")
@@ -110,7 +109,9 @@ def run(name: str, overrides: dict[str, Any], preset: str, root: Path, judge_ide
         renders += int(steps.sum())  # a variant kept at grid step k was rendered k times before
     if "sep_try" in cand:
         renders += int(cand.loc[cand["variant"] == 0, "sep_try"].sum())  # at least the failed tries
-    pooled, mean_sd = yaw_spread(cand)
+    judged = kept[kept["identity"].isin(kept_ids)]
+    axes = {a: f"attr_smoke_{a}" if not a.startswith("smoke_") else f"attr_{a}" for a in AXES}
+    spread = variation_report(judged, cand[cand["variant"] == 0], AXES, ["smoke_skin", "smoke_hair"], axes)
     emb = np.stack(kept[kept["identity"].isin(kept_ids)]["embedding"].to_numpy()).astype(np.float32)
     curation = cosine_rates(emb, kept[kept["identity"].isin(kept_ids)]["identity"].to_numpy())
     chosen = np.sort(np.random.default_rng(0).choice(kept_ids, min(judge_identities, len(kept_ids)), replace=False))
@@ -122,8 +123,8 @@ def run(name: str, overrides: dict[str, Any], preset: str, root: Path, judge_ide
     )
     return {
         "config": name,
-        "yaw_sd_pooled": pooled,
-        "yaw_sd_mean": mean_sd,
+        "spread": {a: v["ratio"] for a, v in spread["axes"].items()},
+        "differ": {a: v["differ_from_canonical"] for a, v in spread["identity_attributes"].items()},
         "drift": int(reasons.get("drift", 0)),
         "near_copy": int(reasons.get("near_copy", 0)),
         "duplicate_identity": int(reasons.get("duplicate_identity", 0)),
@@ -148,19 +149,17 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("SYNTHFACES_NO_PROGRESS", "1")
     root = args.work or Path(tempfile.mkdtemp(prefix="identities-"))
-    uniform = (YAW[1] - YAW[0]) / np.sqrt(12)
-    print(f"preset {args.preset}; uniform spread over {YAW} deg: sd {uniform:.1f} (0.8x = {0.8 * uniform:.1f})")
-    header = (f"{'config':16s} {'yaw sd':>7s} {'(mean)':>7s} {'drift':>6s} {'near':>5s} {'dup':>5s} {'dup %':>6s} "
-              f"{'kept ids':>8s} {'emb gen/imp':>12s} {'emb EER':>7s} {'judge gen/imp':>14s} {'judge EER':>9s} "
-              f"{'renders':>7s} {'s/kept id':>9s}")  # fmt: skip
+    print(f"preset {args.preset}; spread = pooled within-identity sd / a uniform spread's over {AXES}")
+    header = (f"{'config':18s} {'yaw':>5s} {'pitch':>5s} {'smile':>5s} {'skin%':>6s} {'hair%':>6s} {'drift':>6s} "
+              f"{'near':>5s} {'dup':>5s} {'kept ids':>8s} {'emb EER':>7s} {'judge EER':>9s} {'renders':>7s} "
+              f"{'s/kept id':>9s}")  # fmt: skip
     print(header)
     for name in args.configs.split(","):
         r = run(name, CONFIGS[name], args.preset, root, args.judge_identities)
-        c, j = r["curation"], r["judge"]
-        print(f"{name:16s} {r['yaw_sd_pooled']:7.1f} {r['yaw_sd_mean']:7.1f} {r['drift']:6d} {r['near_copy']:5d} "
-              f"{r['duplicate_identity']:5d} {100 * r['duplicate_rate']:5.1f}% {r['kept_identities']:8d} "
-              f"{c['genuine']:5.2f}/{c['impostor']:5.2f} {c['eer']:7.3f} "
-              f"{j.get('genuine_cosine_mean', float('nan')):6.3f}/{j.get('impostor_cosine_mean', float('nan')):6.3f} "
+        sp, d, c, j = r["spread"], r["differ"], r["curation"], r["judge"]
+        print(f"{name:18s} {sp['yaw']:5.2f} {sp['smoke_pitch']:5.2f} {sp['smoke_smile']:5.2f} "
+              f"{100 * d['smoke_skin']:5.1f}% {100 * d['smoke_hair']:5.1f}% {r['drift']:6d} {r['near_copy']:5d} "
+              f"{r['duplicate_identity']:5d} {r['kept_identities']:8d} {c['eer']:7.3f} "
               f"{j.get('eer', float('nan')):9.3f} {r['renders_per_candidate']:7.2f} {r['s_per_kept_identity']:9.3f}",
               flush=True)  # fmt: skip
 

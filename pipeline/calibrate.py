@@ -31,7 +31,7 @@ from pipeline.faces.attributes import (
 from pipeline.generate.version import calibration_fingerprint
 from pipeline.identities.calibration import DIRECTIONS, STEER_PLAN, Calibration, read_directions, write_directions
 from pipeline.identities.variation import Regression, fit_regression
-from pipeline.shards.io import write_json_atomic
+from pipeline.shards.io import remove_temporaries, write_bytes_atomic, write_json_atomic
 from pipeline.weights import WeightsStore
 
 log = logging.getLogger(__name__)
@@ -178,10 +178,16 @@ def steer_plan(params: Params, directions: list[Direction]) -> dict[str, Any]:
 
 
 def run_calibrate(
-    params: Params, out_dir: Path, weights: WeightsStore | None = None, plots_csv: Path | None = None
+    params: Params,
+    out_dir: Path,
+    weights: WeightsStore | None = None,
+    plots_csv: Path | None = None,
+    layers_csv: Path | None = None,
 ) -> dict[str, Any]:
-    """Fit (or reuse, when nothing they depend on changed) the directions; write the steer plan and plot data."""
+    """Fit (or reuse, when nothing they depend on changed) the directions; write the steer plan and plot data
+    (held-out accuracy per direction; each edit's effect per candidate layer)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out_dir)  # a killed run's partial files: never recorded as outputs
     attributes = fit_attributes(params)
     fingerprint = calibration_fingerprint(params, attributes)
     if read_directions(out_dir).get("fingerprint") == fingerprint:
@@ -195,13 +201,16 @@ def run_calibrate(
     summary = json.loads((out_dir / DIRECTIONS).read_text())
     if plots_csv is not None:
         write_accuracy_csv(plots_csv, summary["fits"])
+    if layers_csv is not None:
+        write_layers_csv(layers_csv, summary.get("edit_layers", []))
     return summary | {"steer": plan}
 
 
 def _fit(
     params: Params, attributes: list[str], weights: WeightsStore | None
-) -> tuple[list[Direction], list[dict[str, Any]], int, list[Regression]]:
-    """Render and label the calibration identities; fit their directions and the edits' regressions."""
+) -> tuple[list[Direction], list[dict[str, Any]], int, list[Regression], list[dict[str, Any]]]:
+    """Render and label the calibration identities; fit their directions and the edits' regressions, then
+    shape each edit (conditional direction, layers, slope: pipeline/edits.py)."""
     from pipeline.generators import load_generator
     from pipeline.generators.synthesis import synthesize, to_uint8
     from pipeline.runtime.device import batch_size, effective_precision, resolve_devices
@@ -235,17 +244,58 @@ def _fit(
             )
         regressions.append(fitted)
         log.info("calibrate: %s regression slope %.3g per W unit, held-out R^2 %.3f", name, fitted.slope, fitted.r2)
-    return directions, rows, len(w), regressions
+    regressions, effects = _shape_edits(params, weights, device, generator.num_ws, directions, regressions)
+    return directions, rows, len(w), regressions, effects
+
+
+def _shape_edits(
+    params: Params, weights: WeightsStore | None, device: torch.device, num_ws: int, directions: list[Direction],
+    regressions: list[Regression],
+) -> tuple[list[Regression], list[dict[str, Any]]]:  # fmt: skip
+    """Each edit's conditional direction, layers and slope, measured through the generate stage's own device
+    pass on a fixed set of calibration identities."""
+    if not regressions:
+        return [], []
+    from pipeline.edits import MEASURED_IDENTITIES, shape_edit
+    from pipeline.generate.worker import build_device_pass
+
+    v = params.variation
+    measuring = params.model_copy(update={
+        "seed": calibration_seed(params.seed), "variation": v.model_copy(update={"edits": {}}),
+        "balance": params.balance.model_copy(update={"mode": "select"}),
+    })  # fmt: skip
+    dp = build_device_pass(measuring, device, weights or WeightsStore(), Calibration())
+    ids = np.arange(MEASURED_IDENTITIES, dtype=np.int64)
+
+    def render(axis: Any, step: float | None) -> dict[str, Any]:
+        dp.latents.axes = [axis]
+        steps = None if step is None else np.full((len(ids), 1), step)
+        return dp.compute(ids, np.zeros_like(ids), edits=steps)
+
+    labels = [a for a, info in attribute_catalog(params.attributes).items() if info.level == "identity"]
+    candidates = tuple(range(*v.edit_layers(num_ws)))
+    shaped, effects = [], []
+    for r in regressions:
+        edit, rows = shape_edit(r, v.edits[r.attribute], list(v.preserve), directions, render, candidates, labels)
+        shaped.append(edit)
+        effects += rows
+    return shaped, effects
 
 
 def write_accuracy_csv(path: Path, fits: list[dict[str, Any]]) -> None:
     """dvc plots data: held-out accuracy per direction (empty accuracy = too few examples to fit)."""
-    from pipeline.shards.io import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["direction,accuracy,positives,labelled"]
     for row in fits:
         accuracy = "" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
         lines.append(f"{row['attribute']}={row['class']},{accuracy},{row['positives']},{row['labelled']}")
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
+
+
+def write_layers_csv(path: Path, effects: list[dict[str, Any]]) -> None:
+    """dvc plots data: per edited attribute and candidate layer, its change per unit of W and the identity's."""
+    lines = ["edit,direction,attribute_per_unit,embedding_change,label_flips,score,chosen"]
+    for r in effects:
+        numbers = (r["attribute_per_unit"], r["embedding_change"], r["label_flips"], r["score"])
+        lines.append(f"{r['attribute']}@{r['layer']},{r['direction']},{','.join(f'{v:.5g}' for v in numbers)},"
+                     f"{int(r['chosen'])}")  # fmt: skip
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())

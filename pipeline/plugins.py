@@ -93,6 +93,15 @@ def catalog_problems(params: Params) -> list[str]:
                 f"variation.edits.{name}: no estimator writes a continuous attr_{name} "
                 f"(continuous attributes of attributes.estimators: {', '.join(values) or 'none'})"
             )
+    fitted = params.calibrate.attributes
+    for name in params.variation.preserve:
+        if name not in catalog or catalog[name].level != "identity":
+            levels = ", ".join(n for n, i in catalog.items() if i.level == "identity") or "none configured"
+            problems.append(f"variation.preserve: {name!r} is not an identity-level attribute ({levels})")
+        elif fitted is not None and name not in fitted:
+            problems.append(
+                f"variation.preserve: {name!r} needs a calibrated direction: add it to calibrate.attributes"
+            )
     if params.balance.mode == "steer" and not any(
         catalog[n].level == "identity" for n in params.balance.targets if n in catalog
     ):

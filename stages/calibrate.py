@@ -14,7 +14,7 @@ log = logging.getLogger("stages.calibrate")
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
-    summary = run_calibrate(params, Path(args.out), weights_store(args), Path(args.plot))
+    summary = run_calibrate(params, Path(args.out), weights_store(args), Path(args.plot), Path(args.layers_plot))
     log.info(
         "calibrate: %d directions from %d samples; balance mode %s",
         len(summary["directions"]),
@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p = stage_parser(__doc__)
     p.add_argument("--out", default="data/calibration", help="folder for directions.json and steer.json")
     p.add_argument("--plot", default="reports/plots/calibration.csv", help="held-out accuracy per direction")
+    p.add_argument("--layers-plot", default="reports/plots/edit_layers.csv", help="each edit's effect per layer")
     add_weights_args(p)
     return p
 

@@ -19,6 +19,7 @@ from pipeline.curation.capacity import capacity_metrics
 from pipeline.curation.table import keep_mask, read_curation
 from pipeline.faces.attributes import attribute_catalog, balance_targets
 from pipeline.faces.columns import QUALITY_COLUMNS
+from pipeline.report.audit import plot_rows
 from pipeline.report.contact_sheet import contact_sheet, rejected_rows, sheet_bytes
 from pipeline.report.metrics import (
     balance_report,
@@ -29,12 +30,15 @@ from pipeline.report.metrics import (
     write_quality_histograms,
     write_reason_plot,
 )
+from pipeline.report.variation import dataset_variation
 from pipeline.shards.candidates import MANIFEST, candidate_columns, candidate_images, read_candidates
-from pipeline.shards.io import write_bytes_atomic, write_json_atomic
+from pipeline.shards.io import remove_temporaries, write_bytes_atomic, write_json_atomic
 from pipeline.stage import run_stage, stage_parser
 
 
 def main(args: argparse.Namespace, params: Params) -> None:
+    for folder in {Path(args.metrics).parent, Path(args.plots), Path(args.pictures)}:
+        remove_temporaries(folder)  # a killed run's partial files
     filtered = read_curation(args.filter, ["key", "identity", "keep", "reason"])
     deduped = read_curation(args.dedup, ["key", "identity", "keep", "reason"])
     selection = read_curation(args.selection, ["key", "keep", "reason"])
@@ -47,6 +51,10 @@ def main(args: argparse.Namespace, params: Params) -> None:
     metrics["identity_capacity"] = capacity_metrics(pd.read_csv(args.capacity))
     metrics["attributes"] = attribute_balance(params, args, keep_mask(deduped))
     metrics["judge"] = judge_report(dataset_manifest.get("judge"), Path(args.plots) / "judge.csv")
+    metrics["audit"] = dataset_manifest.get("audit")
+    metrics["variation"] = dataset_variation(params, Path(args.candidates), Path(args.dataset) / "metadata.parquet")
+    rows = plot_rows(metrics["audit"] or {})
+    write_bytes_atomic(Path(args.plots) / "label_audit.csv", pd.DataFrame(rows).to_csv(index=False).encode())
     write_json_atomic(args.metrics, metrics)
     write_reason_plot(metrics, Path(args.plots) / "rejections.csv")
     scores = read_candidates(args.candidates, list(QUALITY_COLUMNS)).to_pandas()

@@ -42,3 +42,25 @@ def test_cvlface_link_is_named_by_the_dataset_name_everywhere() -> None:
         text = page.read_text()
         assert '$DATA_ROOT/<dataset.name>"' in text, page.name
         assert "$DATA_ROOT/synthfaces " not in text and "$DATA_ROOT/synthfaces\n" not in text, page.name
+
+
+def _shape(n: int) -> str:
+    return f"{n / 1e6:g} M" if n >= 1_000_000 else f"{n:,}"
+
+
+def test_readme_preset_table_states_each_presets_shape(tmp_path) -> None:
+    """Every preset has a row, and the row's identities x candidates -> classes x images are the preset's
+    (ffhq1024-sg3's row says "the same" as ffhq256's)."""
+    from pipeline.config import available_presets, load_params
+
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([\w-]+)`.*$", README.read_text(), re.M)}
+    shapes = {}
+    for preset in available_presets():
+        (tmp_path / "params.yaml").write_text(f"preset: {preset}\n")
+        p = load_params(tmp_path / "params.yaml")
+        shapes[preset] = (
+            f"{_shape(p.identities.count)} identities × {p.identities.variants_per_identity} candidates → "
+            f"{_shape(p.dataset.identities)} classes × {p.dataset.images_per_identity} images"
+        )
+        assert shapes[preset] in rows[preset] or "the same at 1024 px" in rows[preset], (preset, shapes[preset])
+    assert shapes["ffhq1024-sg3"] == shapes["ffhq256"]

@@ -153,7 +153,7 @@ class SmokeTruthEstimator:
 
     @classmethod
     def continuous(cls, attributes: AttributesParams) -> tuple[str, ...]:
-        return ("smoke_yaw", "smoke_pitch", "smoke_roll")
+        return ("smoke_yaw", "smoke_pitch", "smoke_roll", "smoke_smile")
 
     def __call__(self, batch: AttributeBatch) -> dict[str, np.ndarray]:
         return self.generator.true_attributes(batch.ws)

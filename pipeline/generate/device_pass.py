@@ -23,6 +23,7 @@ from pipeline.generate.models import DeviceModels
 from pipeline.generate.records import HOST_CROPS, HOST_PIXELS
 from pipeline.generators.synthesis import synthesize, to_uint8
 from pipeline.identities.sampling import Latents, sample_seed
+from pipeline.identities.variation import edit_axes
 from pipeline.runtime.device import autocast, batch_size, probe_batch_size, synthesis_batch
 from pipeline.shards.candidates import sample_key
 from pipeline.shards.columns import Columns
@@ -56,7 +57,9 @@ class DevicePass:
     def __init__(self, params: Params, models: DeviceModels):
         self.models, self.device = models, models.device
         self.seed, self.psi, self.noise_mode = params.seed, params.generator.truncation_psi, params.generator.noise_mode
-        self.latents = Latents(models.generator, params.seed, params.generator, params.variation, self.device)
+        v, num_ws = params.variation, models.generator.num_ws
+        axes = edit_axes(v.edits, models.calibration.regressions, tuple(range(*v.edit_layers(num_ws))))
+        self.latents = Latents(models.generator, params.seed, params.generator, v, self.device, axes)
         self.batch_size = batch_size(params.runtime, self.device)
         self.synthesis_batch = synthesis_batch(params.runtime, self.device, models.generator, self.batch_size)
         if models.faces.needs_calibration:

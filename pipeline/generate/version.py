@@ -15,9 +15,9 @@ import hashlib
 from pipeline.config import Params
 
 #: Bump when candidate bytes change (the golden test says when); every older shard is then recomputed.
-GENERATION_VERSION = 1
+GENERATION_VERSION = 2
 #: Bump when the calibrate stage's fitted directions change; its cached fit is then redone.
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 
 #: Params sections that shape a candidate shard's bytes (identities.count only decides how many shards).
 SHAPING_SECTIONS = (
@@ -26,7 +26,10 @@ SHAPING_SECTIONS = (
     "align", "embed", "attributes",
 )  # fmt: skip
 #: Params sections the calibrate stage's fit depends on.
-CALIBRATION_SECTIONS = ("seed", "generator", "attributes", "calibrate", "detect", "variation.edits")
+CALIBRATION_SECTIONS = (
+    "seed", "generator", "attributes", "calibrate", "detect", "align", "embed", "variation.edits", "variation.preserve",
+    "variation.edit_start", "variation.edit_stop", "variation.mix", "variation.mix_start",
+)  # fmt: skip
 
 
 def _sha256(parts: list[str]) -> str:

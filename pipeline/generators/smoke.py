@@ -94,6 +94,7 @@ class SmokeGenerator(Generator):
             "attr_smoke_yaw": p["yaw"].astype(np.float32),
             "attr_smoke_pitch": p["pitch"].astype(np.float32),
             "attr_smoke_roll": p["roll"].astype(np.float32),
+            "attr_smoke_smile": p["smile"].astype(np.float32),
         }
 
     def synthesis(self, ws: torch.Tensor, noise_mode: str = "const", **_: object) -> torch.Tensor:

@@ -74,6 +74,7 @@ def write_directions(
     rows: list[dict[str, Any]],
     samples: int,
     regressions: list[Regression] | None = None,
+    edit_layers: list[dict[str, Any]] | None = None,
 ) -> None:
     write_json_atomic(
         out_dir / DIRECTIONS,
@@ -83,5 +84,8 @@ def write_directions(
             "fits": rows,
             "directions": directions_to_json(directions),
             "regressions": [r.to_json() for r in regressions or []],
+            "edit_layers": [
+                {k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()} for r in edit_layers or []
+            ],
         },
     )

@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.identities.sampling import Latents
 from pipeline.identities.separation import separate
 from pipeline.identities.steering import ShardSteerer
-from pipeline.identities.variation import Regression, cosines, edit_moves, edit_scales, edit_targets, shrink
+from pipeline.identities.variation import Regression, cosines, edit_scales, edit_steps, edit_targets, shrink
 from pipeline.shards.columns import Columns, concat, concat_columns, select_rows
 
 Render = Callable[..., Iterator[Columns]]
@@ -124,15 +124,14 @@ def constructed(
             lo += len(rows)
             yield columns | {k: v[rows] for k, v in vsep.items()}
         return
-    w0 = latents.ws(identities, np.zeros(n, np.int64), tries=tries, **steer)
-    w0 = w0[:, latents.edit_layers[0]].float().cpu().numpy()
+    w0 = latents.ws(identities, np.zeros(n, np.int64), tries=tries, **steer)[:, 0].float().cpu().numpy()
     targets = edit_targets(cfg.seed, dict(cfg.edits), vids, vvar, vp)
-    moves = edit_moves(w0[slot], targets, regressions)
+    steps = edit_steps(w0[slot], targets, regressions)
 
     def evaluate(rows: np.ndarray, scale: float) -> Iterator[tuple[np.ndarray, np.ndarray, Columns]]:
         lo = 0
         moved = {k: v[rows] for k, v in vsteer.items()}
-        for columns in render(vids[rows], vvar[rows], tries=tries[slot[rows]], edits=moves[rows] * scale, **moved):
+        for columns in render(vids[rows], vvar[rows], tries=tries[slot[rows]], edits=steps[rows] * scale, **moved):
             batch = rows[lo : lo + len(columns["key"])]
             lo += len(batch)
             yield batch, cosines(np.stack(columns["embedding"]), canonical_embeddings[slot[batch]]), columns

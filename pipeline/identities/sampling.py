@@ -1,13 +1,15 @@
 """Latents for (identity, variant) pairs: every random number comes from (seed, identity, variant) alone.
 
 Variant 0 is the identity's canonical latent (try t of it when in-shard separation drew again: see
-identities/separation.py). Variant v > 0 keeps the canonical latent, moved along calibrated directions
-in layers [edit_start, edit_stop) when `variation.edits` asks for it (identities/variation.py), and
+identities/separation.py). Variant v > 0 keeps the canonical latent, moved along calibrated directions on
+the layers the calibrate stage chose when `variation.edits` asks for it (identities/variation.py), and
 style-mixes a fresh latent into layers [mix_start, mix_stop) (pose, expression, light, background for
 the layers chosen), optionally after jittering the canonical latent a little.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,19 +41,31 @@ def identity_latent(seed: int, identity: int, attempt: int, dim: int) -> np.ndar
     return _normal(seed, identity, attempt, SEPARATION_TRY, dim)
 
 
+@dataclass(frozen=True)
+class EditAxis:
+    """One edited attribute's move in ws: a unit direction applied to some layers (`Latents.ws` adds
+    step x normal to each of them)."""
+
+    normal: np.ndarray  # [w_dim]
+    layers: tuple[int, ...]
+
+
 class Latents:
     """ws for (identity, variant) pairs of one generator on one device, from `seed`, the truncation of the
     `generator` section and the `variation` section; every random number from (seed, identity, variant)."""
 
     def __init__(
-        self, generator: Generator, seed: int, g: GeneratorParams, variation: VariationParams, device: torch.device
+        self,
+        generator: Generator,
+        seed: int,
+        g: GeneratorParams,
+        variation: VariationParams,
+        device: torch.device,
+        axes: list[EditAxis] | None = None,
     ):
         self.generator, self.seed, self.variation, self.device = generator, seed, variation, device
         self.psi, self.cutoff = g.truncation_psi, g.truncation_cutoff
-
-    @property
-    def edit_layers(self) -> tuple[int, int]:
-        return self.variation.edit_layers(self.generator.num_ws)
+        self.axes = axes or []
 
     def _map(self, z: np.ndarray) -> torch.Tensor:
         z_t = torch.from_numpy(z).to(self.device, torch.float32)
@@ -69,8 +83,8 @@ class Latents:
 
         `offsets` [N, w_dim] move the identity's latent (every layer of the canonical ws, before
         style mixing), which is how steering changes who a person is and nothing else. `tries` [N] pick
-        the separation try of each identity's latent (0: its own). `edits` [N, w_dim] move layers
-        [edit_start, edit_stop) of a variant (identities/variation.py)."""
+        the separation try of each identity's latent (0: its own). `edits` [N, axes] are the steps along
+        each edit axis (its direction, on its layers; identities/variation.py)."""
         v, seed, dim = self.variation, self.seed, self.generator.z_dim
         attempts = np.zeros(len(identities), np.int64) if tries is None else np.asarray(tries)
         z_id = np.stack([identity_latent(seed, int(i), int(t), dim) for i, t in zip(identities, attempts, strict=True)])
@@ -83,8 +97,10 @@ class Latents:
         if offsets is not None:
             ws = ws + torch.from_numpy(np.asarray(offsets, np.float32)).to(self.device)[:, None, :]
         if edits is not None:
-            start, stop = self.edit_layers
-            ws[:, start:stop] += torch.from_numpy(np.asarray(edits, np.float32)).to(self.device)[:, None, :]
+            steps = torch.from_numpy(np.asarray(edits, np.float32)).to(self.device)
+            for k, axis in enumerate(self.axes):
+                move = steps[:, k, None] * torch.from_numpy(np.asarray(axis.normal, np.float32)).to(self.device)
+                ws[:, list(axis.layers)] += move[:, None, :]
         mixed = torch.from_numpy(variants > 0).to(self.device)
         stop = v.mix_stop or self.generator.num_ws
         if v.mix and v.mix_start < stop and bool(mixed.any()):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.identities.sampling import EDIT
+from pipeline.identities.sampling import EDIT, EditAxis
 
 #: Cosines below this mean "not the same person" for the check, whatever the threshold (no face: no embedding).
 NO_FACE_COSINE = -1.0
@@ -27,29 +27,66 @@ NO_FACE_COSINE = -1.0
 
 @dataclass(frozen=True)
 class Regression:
-    """A continuous attribute as a linear function of w: value ~ slope * (normal . w) + bias."""
+    """A continuous attribute as a linear function of w: value ~ slope * (normal . w) + bias; and how an edit
+    moves it (set by the calibrate stage): along `edit_normal` (`normal` with the preserved attributes'
+    directions projected out) on the ws `layers` that move it most per unit of identity change, at
+    `edit_slope` attribute units per unit of W."""
 
     attribute: str
     normal: np.ndarray  # unit vector [w_dim]
     slope: float  # attribute units per unit of W along `normal`
     bias: float
     r2: float  # on the calibration identities held out of the fit
+    edit_normal: np.ndarray | None = None
+    layers: tuple[int, ...] | None = None
+    edit_slope: float | None = None
+    preserved: tuple[str, ...] = ()
 
     def predict(self, w: np.ndarray) -> np.ndarray:
         return self.slope * (np.asarray(w, np.float64) @ self.normal) + self.bias
 
+    def axis(self, default_layers: tuple[int, ...]) -> EditAxis:
+        """The direction and layers an edit of this attribute moves (the fitted ones before calibration chose)."""
+        normal = self.normal if self.edit_normal is None else self.edit_normal
+        return EditAxis(normal, self.layers if self.layers is not None else default_layers)
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "attribute": self.attribute,
             "normal": [round(float(x), 7) for x in self.normal],
             "slope": round(self.slope, 7),
             "bias": round(self.bias, 7),
             "r2": round(self.r2, 6),
         }
+        if self.edit_normal is not None:
+            out |= {
+                "edit_normal": [round(float(x), 7) for x in self.edit_normal],
+                "layers": list(self.layers or ()),
+                "edit_slope": round(float(self.edit_slope or 0.0), 7),
+                "preserved": list(self.preserved),
+            }
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Regression:
-        return cls(d["attribute"], np.asarray(d["normal"], np.float64), float(d["slope"]), float(d["bias"]), d["r2"])
+        edit = d.get("edit_normal")
+        return cls(
+            d["attribute"], np.asarray(d["normal"], np.float64), float(d["slope"]), float(d["bias"]), d["r2"],
+            None if edit is None else np.asarray(edit, np.float64),
+            None if edit is None else tuple(int(x) for x in d["layers"]),
+            None if edit is None else float(d["edit_slope"]), tuple(d.get("preserved", ())),
+        )  # fmt: skip
+
+
+def conditional(normal: np.ndarray, preserved: list[np.ndarray]) -> np.ndarray:
+    """`normal` with the span of the preserved directions projected out (InterFaceGAN's conditional
+    manipulation; a least-squares projection for several), unit length; its norm before scaling says how much
+    of the edit was left."""
+    n = np.asarray(normal, np.float64)
+    if preserved:
+        q, _ = np.linalg.qr(np.stack([np.asarray(p, np.float64) for p in preserved], 1))
+        n = n - q @ (q.T @ n)
+    return n
 
 
 def fit_regression(
@@ -103,14 +140,22 @@ def edit_targets(
     return out
 
 
-def edit_moves(w0: np.ndarray, targets: dict[str, np.ndarray], regressions: dict[str, Regression]) -> np.ndarray:
-    """W moves [N, w_dim] taking each sample's canonical w0 to its targets (zero where a target is NaN)."""
-    moves = np.zeros(np.shape(w0), np.float64)
-    for name, target in targets.items():
+def edit_steps(w0: np.ndarray, targets: dict[str, np.ndarray], regressions: dict[str, Regression]) -> np.ndarray:
+    """Per sample and edited attribute (columns in sorted attribute order, as `edit_axes`), the distance in W to
+    move along its axis to reach the target from canonical w0 (zero where a target is NaN)."""
+    names = sorted(targets)
+    steps = np.zeros((len(w0), len(names)), np.float64)
+    for k, name in enumerate(names):
         r = regressions[name]
-        step = np.nan_to_num((target - r.predict(w0)) / r.slope)
-        moves += step[:, None] * r.normal[None, :]
-    return moves
+        steps[:, k] = np.nan_to_num((targets[name] - r.predict(w0)) / (r.edit_slope or r.slope))
+    return steps
+
+
+def edit_axes(
+    edits: dict[str, Any], regressions: dict[str, Regression], default_layers: tuple[int, ...]
+) -> list[EditAxis]:
+    """The axes of the edited attributes, in sorted attribute order (the columns of `edit_steps`)."""
+    return [regressions[name].axis(default_layers) for name in sorted(edits)]
 
 
 def edit_scales(steps: int) -> list[float]:
