@@ -21,5 +21,5 @@ def test_gpu_check_dry_run_passes_every_step() -> None:
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "| step" not in line]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = [line.split(" | ")[0].lstrip("| ") for line in table]
-    assert steps == ["gpu tests", "device loop", "generate stage", "real-format repro", "smoke repro"]
+    assert steps == ["gpu tests", "dedup search", "device loop", "generate stage", "real-format repro", "smoke repro"]
     assert all(" | ok | " in line for line in table), table

@@ -27,6 +27,7 @@ from pipeline.generators.ops import filtered_lrelu, setup_filter, upfirdn2d
 from pipeline.generators.stylegan2 import StyleGAN2Generator, modulated_conv2d
 from pipeline.generators.stylegan2_discriminator import Discriminator, MinibatchStdLayer
 from pipeline.generators.stylegan3 import StyleGAN3Generator, design_lowpass_filter
+from pipeline.runtime.device import autocast
 from pipeline.weights import WeightsStore
 
 from .nvidia_format import fake_nvidia_modules, write_network_pickle
@@ -371,7 +372,8 @@ def test_cuda_matches_cpu(pickled, tmp_path: Path) -> None:
     gpu = load_generator(str(path), device="cuda", weights=WeightsStore(tmp_path, tmp_path / "lock.json"))
     z, c = inputs(net)
     ref = net(z, c, noise_mode="const", force_fp32=True)
-    out = gpu(z.cuda(), None if c is None else c.cuda(), noise_mode="const", force_fp32=True).cpu()
+    with autocast("fp32", torch.device("cuda")):  # what precision fp32 runs under: IEEE, not TF32
+        out = gpu(z.cuda(), None if c is None else c.cuda(), noise_mode="const", force_fp32=True).cpu()
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=0)
 
 
