@@ -40,3 +40,17 @@ def test_candidate_bytes_equal_the_golden_of_this_generation_version(tmp_path: P
         "If that is intended, bump GENERATION_VERSION (candidates) or CALIBRATION_VERSION (directions) in "
         "pipeline/generate/version.py and record: uv run python -m tests.golden_shards --record"
     )
+
+
+def test_where_the_weights_lie_is_not_part_of_a_shards_fingerprint() -> None:
+    """The weights enter by their sha256; their path (another checkout, a moved file) recomputes nothing, and
+    the golden holds in any checkout."""
+    from pipeline.config import validate_params
+    from pipeline.generate.version import shard_fingerprint
+
+    def fingerprint(**generator: object) -> str:
+        return shard_fingerprint(validate_params({"generator": generator}), "{}", ["sha", "vggface2", "fp32", "pil"])
+
+    here = fingerprint(model="/work/a/stylegan2.pkl")
+    assert here == fingerprint(model="/tmp/b/stylegan2.pkl")
+    assert here != fingerprint(model="/work/a/stylegan2.pkl", truncation_psi=0.5)

@@ -352,9 +352,16 @@ class Params(Section):
             )
         return self
 
-    def section_fingerprint(self, *names: str) -> str:
-        """sha256 over the named sections (dotted paths allowed): what a stage's output depends on."""
+    def section_fingerprint(self, *names: str, without: tuple[str, ...] = ()) -> str:
+        """sha256 over the named sections (dotted paths allowed), `without` the keys named (dotted paths):
+        what a stage's output depends on."""
         data = self.model_dump(mode="json")
+        for name in without:
+            *parents, last = name.split(".")
+            inner = data
+            for part in parents:
+                inner = inner[part]
+            inner.pop(last)
         picked = {}
         for name in names:
             value: Any = data

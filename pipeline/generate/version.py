@@ -25,6 +25,9 @@ SHAPING_SECTIONS = (
     "identities.shard_size", "identities.separation", "identities.separation_tries", "variation", "detect",
     "align", "embed", "attributes",
 )  # fmt: skip
+#: Left out of a shard's fingerprint: the weights enter by their sha256 (`models`), not by where the file lies,
+#: so moving a checkout or a weights file recomputes nothing.
+NOT_SHAPING = ("generator.model",)
 #: Params sections the calibrate stage's fit depends on.
 CALIBRATION_SECTIONS = (
     "seed", "generator", "attributes", "calibrate", "detect", "align", "embed", "variation.edits", "variation.preserve",
@@ -40,7 +43,12 @@ def shard_fingerprint(params: Params, calibration_json: str, models: list[str]) 
     """The fingerprint every shard of a run carries: shaping params, the calibration's content
     (`Calibration.fingerprint_json`), what of the models shapes bytes (`DeviceModels.shaping`), the version."""
     return _sha256(
-        [params.section_fingerprint(*SHAPING_SECTIONS), calibration_json, *models, f"generation {GENERATION_VERSION}"]
+        [
+            params.section_fingerprint(*SHAPING_SECTIONS, without=NOT_SHAPING),
+            calibration_json,
+            *models,
+            f"generation {GENERATION_VERSION}",
+        ]
     )
 
 
