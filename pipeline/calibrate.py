@@ -217,7 +217,7 @@ def _fit(
 
     device = resolve_devices(params.runtime)[0]
     g = params.generator
-    generator = load_generator(g.model, device, g.resolution, weights)
+    generator = load_generator(g.model, device, g.resolution, weights, plant=params.artifacts.plant)
     precision = effective_precision(params.runtime, device)
 
     def render(ws: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,10 @@ from pipeline.config import Params
 from pipeline.curation.capacity import capacity_metrics
 from pipeline.curation.table import keep_mask, read_curation
 from pipeline.faces.attributes import attribute_catalog, balance_targets
-from pipeline.faces.columns import QUALITY_COLUMNS
+from pipeline.faces.columns import ARTIFACT_COLUMNS, QUALITY_COLUMNS
 from pipeline.report.audit import plot_rows
 from pipeline.report.contact_sheet import contact_sheet, rejected_rows, sheet_bytes
+from pipeline.report.margins import write_margin_sheets
 from pipeline.report.metrics import (
     balance_report,
     build_metrics,
@@ -57,9 +58,11 @@ def main(args: argparse.Namespace, params: Params) -> None:
     write_bytes_atomic(Path(args.plots) / "label_audit.csv", pd.DataFrame(rows).to_csv(index=False).encode())
     write_json_atomic(args.metrics, metrics)
     write_reason_plot(metrics, Path(args.plots) / "rejections.csv")
-    scores = read_candidates(args.candidates, list(QUALITY_COLUMNS)).to_pandas()
+    artifacts = [c for c in ARTIFACT_COLUMNS.values() if c in candidate_columns(args.candidates)]
+    scores = read_candidates(args.candidates, ["key", "det_prob", *QUALITY_COLUMNS, *artifacts]).to_pandas()
     write_quality_histograms(scores, pd.Series(keep_mask(filtered)), Path(args.plots) / "quality")
     write_pictures(selection, Path(args.candidates), Path(args.dataset), Path(args.pictures))
+    write_margin_sheets(scores, params.filter, Path(args.candidates), Path(args.pictures) / "margins")
 
 
 def attribute_balance(params: Params, args: argparse.Namespace, curated: np.ndarray) -> dict[str, Any]:
@@ -99,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity", default="reports/plots/capacity.csv", help="dedup's identity capacity curve")
     p.add_argument("--metrics", default="reports/metrics.json")
     p.add_argument("--plots", default="reports/plots")
-    p.add_argument("--pictures", default="reports", help="folder for contact_sheet.jpg and rejected.jpg")
+    p.add_argument("--pictures", default="reports", help="folder for contact_sheet.jpg, rejected.jpg and margins/")
     return p
 
 

@@ -71,10 +71,13 @@ def latents_of(generator: Any, params: Params, device: str = "cpu"):
 
 
 def analyzer_of(params: Params, image_size: int, device: str = "cpu"):
-    """The face stack configured by `params`' detect, align and embed sections."""
+    """The face stack configured by `params`' detect, align, embed and artifacts sections."""
     from pipeline.faces.analyze import FaceAnalyzer
 
-    return FaceAnalyzer(params.detect, params.align, params.embed, torch.device(device), image_size)
+    return FaceAnalyzer(
+        params.detect, params.align, params.embed, torch.device(device), image_size,
+        scorers=params.artifacts.scorers,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

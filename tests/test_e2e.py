@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from pipeline.report.margins import MARGINS
 from pipeline.shards.io import sha256_file
 
 from .conftest import REPO
@@ -105,6 +106,10 @@ def test_dataset_reads_back_consistently(built: tuple[Path, str]) -> None:
     assert len((repo / "reports" / "plots" / "judge.csv").read_text().splitlines()) == 101
     for picture in ("contact_sheet.jpg", "rejected.jpg"):
         assert (repo / "reports" / picture).read_bytes()[:2] == b"\xff\xd8"
+    margins = {p.stem for p in (repo / "reports" / "margins").glob("*.jpg")}  # every rule with a score (no q_disc)
+    assert margins == {m.reason for m in MARGINS} - {"unrealistic"}, margins
+    for column in ("q_catchlight_mismatch", "q_droplet", "q_background_structure"):  # the smoke preset scores them
+        assert (repo / "reports" / "plots" / "quality" / f"{column}.csv").is_file()
     per_identity = meta.groupby("identity").size()
     assert per_identity.between(4, cand["variants_per_identity"]).all()
     search = metrics["dedup"]["search"]  # the look-alike search and its recall, as dedup measured it

@@ -16,9 +16,12 @@ GOOD = {
     "key": "000000000_000", "identity": 0, "variant": 0, "det_prob": 0.999, "n_faces": 1,
     "q_finite": 1.0, "q_face_fraction": 0.2, "q_roll": 2.0, "q_eye_distance": 0.4, "q_nose_position": 0.5,
     "q_landmarks_inside": 1.0, "q_align_residual": 0.02, "q_sharpness": 50.0, "q_brightness": 0.5, "q_clipped": 0.0,
-    "q_serfiq": 0.8, "q_disc": 1.5,
+    "q_serfiq": 0.8, "q_disc": 1.5, "q_catchlight_mismatch": 0.0, "q_droplet": 0.02, "q_background_structure": 0.01,
 }  # fmt: skip
-PARAMS = FilterParams(min_sharpness=10.0, min_serfiq=0.5, min_disc_logit=0.0)
+PARAMS = FilterParams(
+    min_sharpness=10.0, min_serfiq=0.5, min_disc_logit=0.0, max_catchlight_mismatch=0.9, max_droplet=0.25,
+    max_background_structure=0.45,
+)  # fmt: skip
 
 
 def frame(*changes: dict) -> pd.DataFrame:
@@ -41,6 +44,9 @@ RULE_CASES = [
     ({"q_clipped": 0.6}, "exposure"),
     ({"q_serfiq": 0.01}, "low_quality"),
     ({"q_disc": -3.0}, "unrealistic"),
+    ({"q_catchlight_mismatch": 1.0}, "catchlights"),
+    ({"q_droplet": 0.4}, "droplet"),
+    ({"q_background_structure": 0.5}, "background"),
 ]
 
 
@@ -67,6 +73,9 @@ KEY_CASES: dict[str, tuple[dict[str, Any], Any, Any, str]] = {
     "max_clipped": ({"q_clipped": 0.2}, 0.25, 0.1, "exposure"),
     "min_serfiq": ({"q_serfiq": 0.01}, 0.0, 0.9, "low_quality"),
     "min_disc_logit": ({"q_disc": -0.5}, None, 0.0, "unrealistic"),
+    "max_catchlight_mismatch": ({"q_catchlight_mismatch": 0.6}, None, 0.5, "catchlights"),
+    "max_droplet": ({"q_droplet": 0.3}, 0.35, 0.25, "droplet"),
+    "max_background_structure": ({"q_background_structure": 0.2}, None, 0.1, "background"),
 }
 
 
@@ -104,3 +113,11 @@ def test_threshold_moves_counts() -> None:
 def test_reason_codes_unique() -> None:
     names = [r.reason for r in RULES]
     assert len(names) == len(set(names))
+
+
+def test_an_artifact_rule_over_candidates_without_its_score_names_the_key() -> None:
+    """Candidates generated without a scorer cannot be judged by its rule: an error that says what to do."""
+    df = frame({}).drop(columns=["q_droplet"])
+    assert apply_filter(df, FilterParams())["keep"].tolist() == [True]  # the rule is off: the column is not read
+    with pytest.raises(PipelineError, match=r"filter.max_droplet: .*no q_droplet.*'droplets' scorer"):
+        apply_filter(df, FilterParams(max_droplet=0.2))

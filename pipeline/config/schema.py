@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -156,6 +157,19 @@ class EmbedParams(Section):
     serfiq_passes: Annotated[int, Field(ge=0, le=1000)] = 100
 
 
+class ArtifactsParams(Section):
+    """Artifact scorers (pipeline/faces/artifacts.py) and, on the smoke renderer, planted artifacts to test them."""
+
+    scorers: list[Literal["catchlights", "droplets", "background"]] = []
+    plant: Probability = 0.0
+
+
+#: The filter key of each artifact rule and the scorer whose column it thresholds (faces/columns.py names them).
+ARTIFACT_RULES = {
+    "max_catchlight_mismatch": "catchlights", "max_droplet": "droplets", "max_background_structure": "background",
+}  # fmt: skip
+
+
 class FilterParams(Section):
     min_det_prob: Probability = 0.98
     max_faces: Count(1000) = 1
@@ -167,6 +181,9 @@ class FilterParams(Section):
     max_clipped: Probability = 0.25
     min_serfiq: Probability = 0.0
     min_disc_logit: float | None = None
+    max_catchlight_mismatch: Annotated[float, Field(ge=0.0)] | None = None
+    max_droplet: Annotated[float, Field(ge=0.0)] | None = None
+    max_background_structure: Annotated[float, Field(ge=0.0)] | None = None
 
     @field_validator("brightness")
     @classmethod
@@ -294,6 +311,7 @@ class Params(Section):
     detect: DetectParams = DetectParams()
     align: AlignParams = AlignParams()
     embed: EmbedParams = EmbedParams()
+    artifacts: ArtifactsParams = ArtifactsParams()
     attributes: AttributesParams = AttributesParams()
     calibrate: CalibrateParams = CalibrateParams()
     filter: FilterParams = FilterParams()
@@ -350,6 +368,15 @@ class Params(Section):
                 "needs generator.disc_score: true (without it no candidate has a q_disc score; the discriminator costs "
                 "about as much compute as the generator); set one or the other",
             )
+        for key, scorer in ARTIFACT_RULES.items():
+            if getattr(f, key) is not None and scorer not in self.artifacts.scorers:
+                raise _CrossFieldError(
+                    f"filter.{key}",
+                    f"needs the {scorer!r} scorer in artifacts.scorers (without "
+                    "it no candidate has its score); add it (and regenerate) or set it to null",
+                )
+        if self.artifacts.plant > 0 and self.generator.model != "smoke":
+            raise _CrossFieldError("artifacts.plant", "plants in the smoke renderer only; set generator.model: smoke")
         return self
 
     def section_fingerprint(self, *names: str, without: tuple[str, ...] = ()) -> str:
@@ -358,16 +385,8 @@ class Params(Section):
         data = self.model_dump(mode="json")
         for name in without:
             *parents, last = name.split(".")
-            inner = data
-            for part in parents:
-                inner = inner[part]
-            inner.pop(last)
-        picked = {}
-        for name in names:
-            value: Any = data
-            for part in name.split("."):
-                value = value[part]
-            picked[name] = value
+            functools.reduce(dict.__getitem__, parents, data).pop(last)
+        picked = {name: functools.reduce(dict.__getitem__, name.split("."), data) for name in names}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
 
 

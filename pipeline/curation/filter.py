@@ -13,13 +13,23 @@ import pyarrow as pa
 from pipeline.config import FilterParams
 from pipeline.curation.table import CurationWriter
 from pipeline.errors import PipelineError
-from pipeline.faces.columns import QUALITY_COLUMNS
-from pipeline.shards.candidates import iter_candidates, shard_files
+from pipeline.faces.columns import ARTIFACT_COLUMNS, QUALITY_COLUMNS
+from pipeline.shards.candidates import candidate_columns, iter_candidates, shard_files
 
 #: Every rule a rejected candidate fails, beside the first one in `reason`.
 REASONS_FIELD = pa.field("reasons", pa.list_(pa.string()))
 #: Candidate columns the filter reads (no pixels, no embeddings).
 FILTER_COLUMNS = ["key", "identity", "variant", "det_prob", "n_faces", *QUALITY_COLUMNS]
+
+
+def _above(frame: pd.DataFrame, column: str, threshold: float | None) -> np.ndarray:
+    """An artifact rule: off (rejects nothing) while its threshold is null."""
+    return np.zeros(len(frame), bool) if threshold is None else (frame[column] > threshold).to_numpy()
+
+
+def artifact_threshold(params: FilterParams, column: str) -> float | None:
+    """The `filter.max_*` threshold of an artifact column (None: its rule is off)."""
+    return getattr(params, "max_" + column.removeprefix("q_"))
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,42 @@ RULES: tuple[Rule, ...] = (
         "discriminator logit < filter.min_disc_logit (off when null)",
         lambda d, p: np.zeros(len(d), bool) if p.min_disc_logit is None else d.q_disc < p.min_disc_logit,
     ),
+    Rule(
+        "catchlights",
+        "the eyes' highlights differ: q_catchlight_mismatch > filter.max_catchlight_mismatch (off when null)",
+        lambda d, p: _above(d, "q_catchlight_mismatch", p.max_catchlight_mismatch),
+    ),
+    Rule(
+        "droplet",
+        "a glossy blob on the face: q_droplet > filter.max_droplet (off when null)",
+        lambda d, p: _above(d, "q_droplet", p.max_droplet),
+    ),
+    Rule(
+        "background",
+        "structure in the background: q_background_structure > filter.max_background_structure (off when null)",
+        lambda d, p: _above(d, "q_background_structure", p.max_background_structure),
+    ),
 )
+#: Reason code of each artifact column's rule.
+ARTIFACT_REASONS = {
+    "q_catchlight_mismatch": "catchlights",
+    "q_droplet": "droplet",
+    "q_background_structure": "background",
+}
+
+
+def artifact_columns_read(params: FilterParams, available: list[str]) -> list[str]:
+    """The artifact columns whose rules are on; an error naming the key when the candidates lack one."""
+    wanted = [c for c in ARTIFACT_COLUMNS.values() if artifact_threshold(params, c) is not None]
+    for column in wanted:
+        if column not in available:
+            scorer = next(name for name, c in ARTIFACT_COLUMNS.items() if c == column)
+            raise PipelineError(
+                f"filter.max_{column.removeprefix('q_')}: the candidates have no {column} (they were generated "
+                f"without the {scorer!r} scorer); add it to artifacts.scorers and regenerate, or set the threshold "
+                "to null"
+            )
+    return wanted
 
 
 def unscored(candidates: pd.DataFrame, params: FilterParams) -> int:
@@ -88,6 +133,7 @@ def apply_filter(candidates: pd.DataFrame, params: FilterParams) -> pd.DataFrame
     pass (NaN compares false) or a silent rejection of everything."""
     if count := unscored(candidates, params):
         raise _unscored_error(count, len(candidates))
+    artifact_columns_read(params, list(candidates.columns))
     return _decide(candidates, params)
 
 
@@ -114,9 +160,10 @@ def run_filter(candidates: str | Path, params: FilterParams, out: str | Path) ->
     is first checked against its marker by sha256: the first stage to read the shards after generate catches one
     that changed since (an edited file, a corrupt cache object linked back by DVC)."""
     shard_files(candidates, hashes=True)
+    columns = FILTER_COLUMNS + artifact_columns_read(params, candidate_columns(candidates))
     missing = total = 0
     with CurationWriter(out, [REASONS_FIELD]) as writer:
-        for shard in iter_candidates(candidates, FILTER_COLUMNS):
+        for shard in iter_candidates(candidates, columns):
             frame = shard.to_pandas()
             total += len(frame)
             missing += unscored(frame, params)

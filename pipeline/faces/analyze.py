@@ -1,5 +1,5 @@
-"""The face stack on a batch of images: detect -> align -> embed -> quality scores in one device pass, then one
-copy of everything to the host.
+"""The face stack on a batch of images: detect -> align -> embed -> quality and artifact scores in one device pass,
+then one copy of everything to the host.
 
 The device pass queues every op of the batch without waiting for a result (no `.item()`, no `nonzero`, no
 copy), so the host can queue the next batch while the device works. Its outputs travel in two copies: one
@@ -18,13 +18,16 @@ import torch
 
 from pipeline.config import AlignParams, DetectParams, EmbedParams
 from pipeline.faces import align as alignment
+from pipeline.faces.artifacts import artifact_scores, ordered
 from pipeline.faces.boxes import BOX, COMPLETE, LANDMARKS, N_FACES, PROB, WIDTH, FaceBoxes
+from pipeline.faces.columns import ARTIFACT_COLUMNS
 from pipeline.faces.detect import DETECTORS, resolve
 from pipeline.faces.embed import EMBEDDERS
 from pipeline.faces.quality import PIXEL_SCORES, geometry_scores, pixel_scores
 from pipeline.weights import WeightsStore
 
-#: Columns of the host matrix after the detector's: alignment residual, SER-FIQ, pixel scores, then the embedding.
+#: Columns of the host matrix after the detector's: alignment residual, SER-FIQ, pixel scores, the embedding, then
+#: the artifact scores asked for and the caller's columns.
 _RESIDUAL, _SERFIQ = WIDTH, WIDTH + 1
 _PIXELS = slice(WIDTH + 2, WIDTH + 2 + len(PIXEL_SCORES))
 _EMBEDDING = WIDTH + 2 + len(PIXEL_SCORES)
@@ -43,7 +46,8 @@ class FaceResult:
 
 
 class FaceAnalyzer:
-    """Detector, aligner, embedder and scorers configured from the `detect`, `align` and `embed` sections."""
+    """Detector, aligner, embedder and scorers configured from the `detect`, `align` and `embed` sections;
+    `scorers`: the artifact scorers to run (`artifacts.scorers`)."""
 
     def __init__(
         self,
@@ -53,8 +57,10 @@ class FaceAnalyzer:
         device: torch.device,
         image_size: int,
         weights: WeightsStore | None = None,
+        scorers: list[str] | tuple[str, ...] = (),
     ):
         self.device, self.serfiq_passes = device, embed.serfiq_passes
+        self.scorers = ordered(scorers)
         d, e = detect, embed
         self.detector = DETECTORS.create(
             d.model, image_size=image_size, device=device, min_face_size=d.min_face_size,
@@ -103,6 +109,8 @@ class FaceAnalyzer:
             pixel_scores(crops),
             self.embedder.head(features),
         ]
+        if self.scorers:
+            parts.append(artifact_scores(self.scorers, pixels, det.landmarks, det.boxes, det.found))
         if extra is not None:
             parts.append(extra)
         return torch.cat(parts, 1), crops
@@ -137,5 +145,8 @@ class FaceAnalyzer:
             **{name: values[:, _PIXELS][:, k].copy() for k, name in enumerate(PIXEL_SCORES)},
             "q_serfiq": values[:, _SERFIQ].copy(),
         }
-        extra = {name: values[:, embedding_end + k].copy() for k, name in enumerate(names)}
+        for k, name in enumerate(self.scorers):
+            columns[ARTIFACT_COLUMNS[name]] = values[:, embedding_end + k].copy()
+        extra_start = embedding_end + len(self.scorers)
+        extra = {name: values[:, extra_start + k].copy() for k, name in enumerate(names)}
         return FaceResult(columns, crops, landmarks.astype(np.float32), found, extra)

@@ -15,9 +15,28 @@ Meaning and direction of each column:
 - q_serfiq: SER-FIQ quality in (0, 1], stability of the embedding under dropout (higher = better).
 - q_disc: the StyleGAN discriminator's realism logit (higher = more real); NaN without a discriminator.
   Scored per sample (minibatch-std over a group of one) so it does not depend on the batch.
+
+Artifact scores (only with `artifacts.scorers`; higher = more suspicious; pipeline/faces/artifacts.py):
+- q_catchlight_mismatch: the eyes' specular highlights differ (size share + offset), 0-2; 0 when neither has one.
+- q_droplet: strongest compact bright blob on the face and hair (eyes and mouth left out), 0-1 of full scale.
+- q_background_structure: strongest local contrast in the background away from the head, 0-1 (std / 255).
 """
 
 QUALITY_COLUMNS = (
     "q_finite", "q_face_fraction", "q_roll", "q_eye_distance", "q_nose_position",
     "q_landmarks_inside", "q_align_residual", "q_sharpness", "q_brightness", "q_clipped", "q_serfiq", "q_disc",
 )  # fmt: skip
+
+#: Artifact scorer name (`artifacts.scorers`) -> its column, in the order the device stacks them.
+ARTIFACT_COLUMNS = {
+    "catchlights": "q_catchlight_mismatch",
+    "droplets": "q_droplet",
+    "background": "q_background_structure",
+}
+#: Documented thresholds for the artifact rules (`filter.max_*`, off until set), measured on smoke renders and the
+#: real photographs at hand (bench/artifacts.py, docs/artifacts.md); not measured on NVIDIA's weights.
+SUGGESTED_THRESHOLDS = {
+    "q_catchlight_mismatch": 0.95,
+    "q_droplet": 0.3,
+    "q_background_structure": 0.45,
+}

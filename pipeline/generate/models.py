@@ -31,15 +31,18 @@ class DeviceModels:
         self.precision = effective_precision(params.runtime, device)
         self.jpeg_encoder = resolve_jpeg_encoder(params.runtime.jpeg_encoder, device)
         self.jpeg = JPEG_ENCODERS.create(self.jpeg_encoder, device=device)
-        self.generator, disc = load_models(g.model, device, resolution=g.resolution, weights=weights)
+        self.generator, disc = load_models(
+            g.model, device, resolution=g.resolution, weights=weights, plant=params.artifacts.plant
+        )
         problems = check_variation(self.generator, params.variation)
         if problems:
             raise ConfigError(problems)
         _check_calibration(params, calibration)
         self.discriminator = _per_sample(disc) if g.disc_score else None
         self.faces = FaceAnalyzer(
-            params.detect, params.align, params.embed, device, self.generator.img_resolution, weights
-        )
+            params.detect, params.align, params.embed, device, self.generator.img_resolution, weights,
+            scorers=params.artifacts.scorers,
+        )  # fmt: skip
         self.attributes = AttributeAnalyzer(
             params.attributes, self.generator, device, weights=weights, directions=calibration.directions
         )

@@ -7,14 +7,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.faces.columns import ARTIFACT_COLUMNS
 from pipeline.shards.candidates import candidate_schema
 from pipeline.shards.columns import Columns
 from pipeline.shards.encode import JpegEncoder, encode
 
 #: Keys of the host arrays that the device pass leaves for `encode`.
 HOST_PIXELS, HOST_CROPS = "_pixels", "_crops"
-#: Columns beyond DESIGN §7's fixed ones: attribute estimates, steering, separation and edit records.
+#: Columns beyond DESIGN §7's fixed ones: attribute estimates, steering, separation and edit records; and the
+#: artifact scores asked for.
 EXTRA_PREFIXES = ("attr_", "steer_", "sep_", "edit_")
+EXTRA_COLUMNS = frozenset(ARTIFACT_COLUMNS.values())
 
 
 def encode_images(columns: Columns, jpeg: JpegEncoder) -> Columns:
@@ -40,6 +43,8 @@ def shard_table(columns: Columns, model_sha256: str, fingerprint: str) -> pa.Tab
     """A shard's encoded columns (in candidate order) as an Arrow table with the candidate schema."""
     rows = len(columns["key"])
     columns = columns | {"model_sha256": [model_sha256] * rows, "params_fingerprint": [fingerprint] * rows}
-    extra_fields = [_extra_field(k, v) for k, v in columns.items() if k.startswith(EXTRA_PREFIXES)]
+    extra_fields = [
+        _extra_field(k, v) for k, v in columns.items() if k.startswith(EXTRA_PREFIXES) or k in EXTRA_COLUMNS
+    ]
     schema = candidate_schema(extra_fields)
     return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)

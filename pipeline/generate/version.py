@@ -14,6 +14,8 @@ import hashlib
 
 from pipeline.config import Params
 
+_DEFAULTS = Params()
+
 #: Bump when candidate bytes change (the golden test says when); every older shard is then recomputed.
 GENERATION_VERSION = 2
 #: Bump when the calibrate stage's fitted directions change; its cached fit is then redone.
@@ -28,6 +30,10 @@ SHAPING_SECTIONS = (
 #: Left out of a shard's fingerprint: the weights enter by their sha256 (`models`), not by where the file lies,
 #: so moving a checkout or a weights file recomputes nothing.
 NOT_SHAPING = ("generator.model",)
+#: Shaping keys added with an optional feature: each enters a fingerprint only when set away from its default, so
+#: a shard or a fit made before the feature existed (or without it) stays valid.
+OPTIONAL_SHAPING = ("artifacts",)
+OPTIONAL_CALIBRATION = ("artifacts.plant",)
 #: Params sections the calibrate stage's fit depends on.
 CALIBRATION_SECTIONS = (
     "seed", "generator", "attributes", "calibrate", "detect", "align", "embed", "variation.edits", "variation.preserve",
@@ -39,6 +45,14 @@ def _sha256(parts: list[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def _set(params: Params, keys: tuple[str, ...]) -> list[str]:
+    """Fingerprints of the optional `keys` that differ from their defaults."""
+    return [
+        f"{key} {params.section_fingerprint(key)}" for key in keys
+        if params.section_fingerprint(key) != _DEFAULTS.section_fingerprint(key)
+    ]  # fmt: skip
+
+
 def shard_fingerprint(params: Params, calibration_json: str, models: list[str]) -> str:
     """The fingerprint every shard of a run carries: shaping params, the calibration's content
     (`Calibration.fingerprint_json`), what of the models shapes bytes (`DeviceModels.shaping`), the version."""
@@ -48,6 +62,7 @@ def shard_fingerprint(params: Params, calibration_json: str, models: list[str]) 
             calibration_json,
             *models,
             f"generation {GENERATION_VERSION}",
+            *_set(params, OPTIONAL_SHAPING),
         ]
     )
 
@@ -61,5 +76,6 @@ def calibration_fingerprint(params: Params, attributes: list[str]) -> str:
             ",".join(attributes),
             f"generation {GENERATION_VERSION}",
             f"calibration {CALIBRATION_VERSION}",
+            *_set(params, OPTIONAL_CALIBRATION),
         ]
     )

@@ -24,10 +24,10 @@ PICKLE_SUFFIXES = (".pkl", ".pt")
 
 
 @GENERATORS.register("smoke")
-def _smoke(resolution: int | None = None) -> Generator:
+def _smoke(resolution: int | None = None, plant: float = 0.0) -> Generator:
     from pipeline.generators.smoke import SmokeGenerator
 
-    return SmokeGenerator(resolution or 128)
+    return SmokeGenerator(resolution or 128, plant)
 
 
 def is_known_source(source: str) -> bool:
@@ -95,10 +95,11 @@ def load_models(
     device: str | torch.device = "cpu",
     resolution: int | None = None,
     weights: WeightsStore | None = None,
+    plant: float = 0.0,
 ) -> tuple[Generator, nn.Module | None]:
     """The generator and, when its file carries one, the discriminator: the file is read once."""
     if source in GENERATORS:
-        return load_generator(source, device, resolution), None
+        return load_generator(source, device, resolution, plant=plant), None
     networks = _load_networks(source, weights)
     generator = _pick(networks, "G_ema", source).eval().requires_grad_(False).to(device)
     disc = networks.get("D")
@@ -110,10 +111,12 @@ def load_generator(
     device: str | torch.device = "cpu",
     resolution: int | None = None,
     weights: WeightsStore | None = None,
+    plant: float = 0.0,
 ) -> Generator:
-    """Build the generator `source` names, in eval mode on `device`."""
+    """Build the generator `source` names, in eval mode on `device`; `plant`: the share of smoke renders given an
+    artifact (`artifacts.plant`)."""
     if source in GENERATORS:
-        generator = GENERATORS.create(source, resolution=resolution)
+        generator = GENERATORS.create(source, resolution=resolution, **({"plant": plant} if plant else {}))
     else:
         generator = _pick(_load_networks(source, weights), "G_ema", source)
     return generator.eval().requires_grad_(False).to(device)

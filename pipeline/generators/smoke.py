@@ -6,6 +6,13 @@ lighting and background), so style mixing into layer 1 varies a person without c
 they are, exactly as mixing into fine layers does for StyleGAN. Faces are drawn with soft
 signed-distance shapes and Lambert shading; MTCNN detects most of them. The parameters that
 made each face are returned by `true_attributes`, so balancing can be checked against truth.
+
+With `plant` > 0 (`artifacts.plant`), that share of renders carries one artifact of a generated face (one-sided or
+mismatched catchlights, glossy droplets, a shape or face fragment in the background, an earring on one side,
+glasses broken on one side), and half of the rest carry its symmetric, clean counterpart (matched catchlights,
+a pair of earrings, whole glasses) so a scorer is tested against look-alikes, not bare faces. Which one comes
+from two latent coordinates that no face parameter reads (ws[:, 1, 14:16]: per variant, from (seed, identity,
+variant)); `attr_smoke_artifact` and `attr_smoke_accessory` are the truth.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ RANGES = {
     "light": (0.8, 1.15), "light_x": (-0.6, 0.6),
 }  # fmt: skip
 SKIN_BINS = ("light", "medium", "dark")
+#: Planted artifacts and the clean accessories drawn as their look-alikes (`true_attributes` names them).
+ARTIFACTS = ("catchlights", "droplets", "background", "earring", "glasses")
+ACCESSORIES = ("catchlights", "earrings", "glasses")
+_PLANT_COORDS = (14, 15)  # layer-1 coordinates past SAMPLE_PARAMS
 
 
 def _soft(sdf: torch.Tensor, eps: float) -> torch.Tensor:
@@ -63,8 +74,9 @@ class SmokeGenerator(Generator):
     license_id = "apache-2.0"
     cpu_batch = None  # a vectorised renderer: whole batches are fastest
 
-    def __init__(self, resolution: int = 128):
+    def __init__(self, resolution: int = 128, plant: float = 0.0):
         super().__init__()
+        self.plant = plant
         self.z_dim = self.w_dim = 16
         self.c_dim = 0
         self.num_ws = 2
@@ -95,11 +107,31 @@ class SmokeGenerator(Generator):
             "attr_smoke_pitch": p["pitch"].astype(np.float32),
             "attr_smoke_roll": p["roll"].astype(np.float32),
             "attr_smoke_smile": p["smile"].astype(np.float32),
+            **self._planted_truth(ws),
+        }
+
+    def _planted(self, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per render: the planted artifact's index in ARTIFACTS (-1: none), the clean accessory's index in
+        ACCESSORIES (-1: none), and a uniform number choosing its variant (side, place)."""
+        u = 0.5 * (1.0 + torch.erf(ws[:, 1, list(_PLANT_COORDS)].to(torch.float32) / math.sqrt(2.0)))
+        share, rest = self.plant, (u[:, 0] - self.plant) / max(1.0 - self.plant, 1e-9)
+        artifact = torch.where(u[:, 0] < share, (u[:, 0] / max(share, 1e-9) * len(ARTIFACTS)).long(), -1)
+        accessory = torch.where((u[:, 0] >= share) & (rest < 0.5), (rest * 2 * len(ACCESSORIES)).long(), -1)
+        return artifact.clamp_max(len(ARTIFACTS) - 1), accessory.clamp_max(len(ACCESSORIES) - 1), u[:, 1]
+
+    def _planted_truth(self, ws: torch.Tensor) -> dict[str, np.ndarray]:
+        if not self.plant:
+            return {}
+        artifact, accessory, _ = (t.cpu().numpy() for t in self._planted(ws))
+        names = lambda index, table: np.asarray(("none", *table), dtype=object)[index + 1].astype(str)  # noqa: E731
+        return {
+            "attr_smoke_artifact": names(artifact, ARTIFACTS),
+            "attr_smoke_accessory": names(accessory, ACCESSORIES),
         }
 
     def synthesis(self, ws: torch.Tensor, noise_mode: str = "const", **_: object) -> torch.Tensor:
         p = self._params(ws)
-        img = _render(p, self.img_resolution, ws.device)
+        img = _render(p, self.img_resolution, ws.device, self._planted(ws) if self.plant else None)
         return img * 2.0 - 1.0
 
 
@@ -140,12 +172,15 @@ class _Face:
     eye_y: torch.Tensor
 
 
-def _render(p: dict[str, torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
+def _render(p: dict[str, torch.Tensor], size: int, device: torch.device, planted: tuple | None = None) -> torch.Tensor:
     """Draw faces back to front; returns [N, 3, size, size] in [0, 1]."""
     c = _Canvas(p["yaw"].shape[0], device, 1.5 / size)
     img, face = _head(c, p, size)
     img = _eyes(c, p, face, img)
-    return _nose_and_mouth(c, p, face, img).clamp(0, 1)
+    img = _nose_and_mouth(c, p, face, img)
+    if planted is not None:
+        img = _plant(c, p, face, img, *planted)
+    return img.clamp(0, 1)
 
 
 def _head(c: _Canvas, p: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, _Face]:
@@ -228,3 +263,117 @@ def _nose_and_mouth(c: _Canvas, p: dict[str, torch.Tensor], f: _Face, img: torch
     img = paint(img, lips, rgb(0.55, 0.18, 0.2) * skin.mean(1, keepdim=True) * 1.6)
     inner = _soft(_ellipse_sdf(fx, bend, sx, mouth_y, mw * 0.8, 0.005 + 0.025 * opening), eps)
     return paint(img, inner, rgb(0.1, 0.1, 0.1))
+
+
+def _ring(x, y, cx, cy, r, width) -> torch.Tensor:
+    return (_ellipse_sdf(x, y, cx, cy, r, r)).abs() - width
+
+
+@dataclass
+class _Planting:
+    """What the planted drawings share: the canvas, the face, and per render the artifact, the look-alike and the
+    uniform number choosing side and variant."""
+
+    c: _Canvas
+    p: dict[str, torch.Tensor]
+    f: _Face
+    artifact: torch.Tensor
+    accessory: torch.Tensor
+    u: torch.Tensor
+
+    def art(self, name: str) -> torch.Tensor:
+        return self.c.col((self.artifact == ARTIFACTS.index(name)).float())
+
+    def acc(self, name: str) -> torch.Tensor:
+        return self.c.col((self.accessory == ACCESSORIES.index(name)).float())
+
+    @property
+    def side(self) -> torch.Tensor:
+        return torch.where(self.u < 0.5, -1.0, 1.0).view(self.c.n, 1, 1)
+
+    @property
+    def variant(self) -> torch.Tensor:
+        return self.c.col((self.u % 0.5 < 0.25).float())
+
+    @property
+    def er(self) -> torch.Tensor:
+        return self.c.col(self.p["eye_r"]) * self.f.fw
+
+    def eye_at(self, s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        ex = s * self.c.col(self.p["eye_dx"]) * self.f.fw * torch.cos(self.f.yaw) + self.f.sx
+        return ex + torch.sin(self.f.yaw) * self.er * 0.5, self.f.eye_y
+
+
+def _plant(c: _Canvas, p: dict[str, torch.Tensor], f: _Face, img: torch.Tensor, artifact, accessory, u) -> torch.Tensor:
+    """The planted artifacts and clean look-alikes (see the module docstring), drawn over the finished face."""
+    pl = _Planting(c, p, f, artifact, accessory, u)
+    for draw in (_eyes_and_skin, _background, _earrings, _glasses):
+        img = draw(pl, img)
+    return img
+
+
+def _eyes_and_skin(pl: _Planting, img: torch.Tensor) -> torch.Tensor:
+    """Catchlights: both at the light's offset (clean), or one eye's missing or moved across the iris (planted).
+    Droplets: two glossy blobs, on a cheek and on the forehead."""
+    c, f, eps, ir = pl.c, pl.f, pl.c.eps, pl.er * 0.55
+    for s in (-1.0, 1.0):
+        gx, gy = pl.eye_at(s)
+        here = _soft(_ellipse_sdf(f.fx, f.fy, gx - 0.35 * ir, gy - 0.35 * ir, 0.4 * ir, 0.4 * ir), eps * 0.5)
+        moved = _soft(_ellipse_sdf(f.fx, f.fy, gx + 0.4 * ir, gy + 0.3 * ir, 0.4 * ir, 0.4 * ir), eps * 0.5)
+        this_side = (pl.side == s).float()
+        planted = pl.art("catchlights") * torch.where(pl.variant > 0, here * (1 - this_side),
+                                                      torch.where(this_side > 0, moved, here))  # fmt: skip
+        img = c.paint(img, pl.acc("catchlights") * here + planted, c.rgb(1.0, 1.0, 1.0))
+    for cx, cy in ((0.55, 0.25), (-0.25, -0.6)):
+        blob = _soft(_ellipse_sdf(f.fx, f.fy, pl.side * cx * f.fw + f.sx, cy * f.fh, 0.07 * f.fw, 0.07 * f.fw), eps)
+        img = c.paint(img, pl.art("droplets") * blob, c.rgb(1.0, 0.98, 0.93))
+    return img
+
+
+def _background(pl: _Planting, img: torch.Tensor) -> torch.Tensor:
+    """A melted blob (three discs) or a face fragment (skin and an eye) in an upper corner."""
+    c, eps, side = pl.c, pl.c.eps, pl.side
+    size = img.shape[-1]
+    lin = (torch.arange(size, device=c.device, dtype=torch.float32) + 0.5) / size * 2 - 1
+    y, x = torch.meshgrid(lin, lin, indexing="ij")
+    bx, by = side * 0.84, c.col(torch.full((c.n,), -0.8, device=c.device))
+    melt = torch.maximum(torch.maximum(_soft(_ellipse_sdf(x, y, bx, by, 0.12, 0.08), eps),
+                                       _soft(_ellipse_sdf(x, y, bx - side * 0.08, by + 0.08, 0.07, 0.1), eps)),
+                         _soft(_ellipse_sdf(x, y, bx + side * 0.03, by + 0.16, 0.06, 0.05), eps))  # fmt: skip
+    here = pl.art("background")
+    img = c.paint(img, here * (1 - pl.variant) * melt, c.rgb(0.75, 0.2, 0.65))
+    img = c.paint(img, here * pl.variant * _soft(_ellipse_sdf(x, y, bx, by, 0.16, 0.2), eps), pl.f.skin * 0.9)
+    eye = _soft(_ellipse_sdf(x, y, bx - side * 0.04, by - 0.03, 0.05, 0.025), eps)
+    return c.paint(img, here * pl.variant * eye, c.rgb(0.1, 0.08, 0.08))
+
+
+def _earrings(pl: _Planting, img: torch.Tensor) -> torch.Tensor:
+    """A gold ring under each ear (the clean pair) or under one (planted)."""
+    c, f = pl.c, pl.f
+    for s in (-1.0, 1.0):
+        edge = s * f.fw * torch.cos(f.yaw).sqrt() * 0.97
+        ring = _soft(_ring(f.fx, f.fy, edge, 0.45 * f.fh, 0.08 * f.fw, 0.02 * f.fw), c.eps)
+        worn = (pl.acc("earrings") + pl.art("earring") * (pl.side == s).float()).clamp(max=1)
+        img = c.paint(img, worn * ring, c.rgb(0.95, 0.78, 0.2))
+    return img
+
+
+def _glasses(pl: _Planting, img: torch.Tensor) -> torch.Tensor:
+    """Rims round both eyes, a bridge and arms to the face's edge; broken: one side's arm and most of its rim gone."""
+    c, f, er, eps = pl.c, pl.f, pl.er, pl.c.eps
+    frame = c.rgb(0.08, 0.08, 0.1)
+    for s in (-1.0, 1.0):
+        gx, gy = pl.eye_at(s)
+        rim = _soft(_ring(f.fx, f.fy, gx, gy, 1.45 * er, 0.1 * er), eps)
+        start, end = gx + s * 1.45 * er, s * f.fw * torch.cos(f.yaw).sqrt()
+        along = (f.fx - (start + end) / 2).abs() - (end - start).abs() / 2
+        arm = _soft(torch.maximum((f.fy - gy).abs() - 0.1 * er, along), eps)
+        broken = pl.art("glasses") * (pl.side == s).float()
+        whole = (pl.acc("glasses") + pl.art("glasses") * (1 - (pl.side == s).float())).clamp(max=1)
+        img = c.paint(img, whole * torch.maximum(rim, arm), frame)
+        img = c.paint(img, broken * rim * ((f.fy - gy) < -0.6 * er).float(), frame)
+    (lx, ly), (rx, _) = pl.eye_at(-1.0), pl.eye_at(1.0)
+    bridge = _soft(
+        torch.maximum((f.fy - ly).abs() - 0.1 * er, (f.fx - (lx + rx) / 2).abs() - (rx - lx) / 2 + 1.4 * er), eps
+    )
+    return c.paint(img, (pl.acc("glasses") + pl.art("glasses")).clamp(max=1) * bridge, frame)

@@ -58,12 +58,13 @@ def write_reason_plot(metrics: dict[str, Any], path: Path) -> None:
 
 
 def write_quality_histograms(candidates: pd.DataFrame, kept: pd.Series, folder: Path, bins: int = 30) -> list[str]:
-    """reports/plots/quality/<q_column>.csv: per bin, how many candidates and how many of them the filter
-    kept; thresholds can be tuned from these without regenerating. Returns the columns written."""
-    from pipeline.faces.columns import QUALITY_COLUMNS
+    """reports/plots/quality/<q_column>.csv (the artifact scores too, when the candidates carry them): per bin, how
+    many candidates and how many of them the filter kept; thresholds can be tuned from these without
+    regenerating. Returns the columns written."""
+    from pipeline.faces.columns import ARTIFACT_COLUMNS, QUALITY_COLUMNS
 
     written = []
-    for column in QUALITY_COLUMNS:
+    for column in [*QUALITY_COLUMNS, *(c for c in ARTIFACT_COLUMNS.values() if c in candidates)]:
         values = candidates[column].to_numpy(dtype=np.float64)
         finite = np.isfinite(values)
         if not finite.any():
