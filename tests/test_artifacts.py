@@ -46,13 +46,14 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 @pytest.mark.parametrize("scorer", SCORERS)
 def test_each_scorer_ranks_its_planted_artifact_above_clean_renders(smoke: dict, scorer: str) -> None:
-    """The bench's bar (ROC AUC >= 0.95 over 960 renders) checked at a tenth of the size; clean renders include the
-    look-alikes (matched catchlights, earring pairs, whole glasses)."""
+    """The bench measures ROC AUC >= 0.95 over 960 renders; here 128 renders (about 10 planted per kind, so one
+    render misranked moves the AUC by ~0.1) must rank planted above clean at 0.8, where a scorer that sees nothing
+    gets 0.5. Clean renders include the look-alikes (matched catchlights, earring pairs, whole glasses)."""
     column = ARTIFACT_COLUMNS[scorer]
     clean = smoke["found"] & (smoke["attr_smoke_artifact"] == "none")
     planted = smoke["found"] & (smoke["attr_smoke_artifact"] == CATCHES[scorer])
     assert planted.sum() >= 5 and clean.sum() >= 40
-    assert auc(smoke[column][planted], smoke[column][clean]) >= 0.9
+    assert auc(smoke[column][planted], smoke[column][clean]) >= 0.8
     assert np.mean(smoke[column][clean] > SUGGESTED_THRESHOLDS[column]) <= 0.05
 
 
@@ -70,14 +71,17 @@ def test_the_renderer_plants_the_share_asked_with_its_truth() -> None:
     assert torch.equal(g.synthesis(ws[clean][:8]), plain.synthesis(ws[clean][:8]))  # untouched where nothing drawn
 
 
-def test_real_photographs_score_as_documented() -> None:
-    """The astronaut at 512 px: droplets and background stay under their documented thresholds (the catchlight
-    scorer finds her eyes' highlights unlike: docs/artifacts.md)."""
+@pytest.mark.parametrize("size", [512, 256])
+def test_real_photographs_are_not_flagged_at_the_documented_thresholds(size: int) -> None:
+    """The astronaut, whole and at half size (her eyes 22 px apart: too small to judge catchlights)."""
+    from PIL import Image
+
+    photo = np.asarray(Image.fromarray(data.astronaut()).resize((size, size), Image.LANCZOS))
     params = validate_params({"embed": {"allow_random": True, "serfiq_passes": 0}, "artifacts": {"scorers": SCORERS}})
-    result = analyzer_of(params, 512)(torch.from_numpy(np.array(data.astronaut()[None])))
+    result = analyzer_of(params, size)(torch.from_numpy(np.array(photo[None])))
     assert result.found[0]
-    for column in ("q_droplet", "q_background_structure"):
-        assert result.columns[column][0] <= SUGGESTED_THRESHOLDS[column], column
+    for column, threshold in SUGGESTED_THRESHOLDS.items():
+        assert result.columns[column][0] <= threshold, column
 
 
 def test_scorers_stay_within_the_face_pass_budget() -> None:

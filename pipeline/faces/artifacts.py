@@ -43,6 +43,8 @@ IRIS, PUPIL, PUPIL_SOFTNESS = 0.09, 9, 8.0
 #: Highlights whose offsets from their iris' centres differ by TOLERANCE (eye distances: landmark and iris-finding
 #: error) count as alike, by TOLERANCE + OFFSET as a full mismatch.
 CATCHLIGHT_TOLERANCE, CATCHLIGHT_OFFSET = 0.03, 0.05
+#: Below this eye distance (pixels) a catchlight (~1/25 of it) is a pixel or less: the eyes are not judged.
+MIN_EYE_DISTANCE = 28.0
 #: Top-hat window in head-view samples (0.25 eye distances).
 TOPHAT = 5
 
@@ -55,6 +57,7 @@ class Views:
     eyes: torch.Tensor  # [B, 2, EYE, EYE] luminance around the left and the right eye
     frame: torch.Tensor  # [B, 1, FRAME, FRAME] luminance of the whole image
     box: torch.Tensor  # [B, 4] face box in frame-view samples
+    eye_distance: torch.Tensor  # [B] in pixels of the frame
 
 
 ARTIFACT_SCORERS: Registry = Registry("artifact scorer")
@@ -128,7 +131,7 @@ def views(pixels: torch.Tensor, landmarks: torch.Tensor, boxes: torch.Tensor) ->
     head = F.grid_sample(luma, head_grid.view(b, HEAD, HEAD, 2), **sample)
     eyes = F.grid_sample(luma, eye_grid.view(b, 2 * EYE, EYE, 2), **sample).view(b, 2, EYE, EYE)
     frame = F.adaptive_avg_pool2d(luma, FRAME)
-    return Views(head, eyes, frame, boxes * to_frame)
+    return Views(head, eyes, frame, boxes * to_frame, d.squeeze(1))
 
 
 def _erode(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -143,7 +146,8 @@ def _dilate(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def catchlight_mismatch(v: Views) -> torch.Tensor:
     """Per eye: the iris (the compact dark blob's soft centre), the brightest compact highlight within it and that
     highlight's offset from the iris' centre; the score is the larger of the two eyes' presence difference and their
-    offsets' difference past CATCHLIGHT_TOLERANCE (0: alike, or no highlight in either; 1: one-sided or apart)."""
+    offsets' difference past CATCHLIGHT_TOLERANCE (0: alike, or no highlight in either, or eyes closer than
+    MIN_EYE_DISTANCE pixels, too small to judge; 1: one-sided or apart)."""
     k = _constants(v.eyes.device)
     dark = torch.softmax(_tophat(v.eyes, -1.0, PUPIL).flatten(2) / PUPIL_SOFTNESS, -1).view_as(v.eyes)
     iris_xy = (dark.unsqueeze(0) * k.eye_xy).sum((3, 4), keepdim=True)  # [2 (x, y), B, eye, 1, 1]
@@ -154,7 +158,8 @@ def catchlight_mismatch(v: Views) -> torch.Tensor:
     offset = (where.unsqueeze(0) * (k.eye_xy - iris_xy)).sum((3, 4))  # [2 (x, y), B, eye]
     apart = (offset[:, :, 0] - offset[:, :, 1]).norm(dim=0)
     moved = ((apart - CATCHLIGHT_TOLERANCE) / CATCHLIGHT_OFFSET).clamp(0.0, 1.0) * presence.amin(1)
-    return torch.maximum((presence[:, 0] - presence[:, 1]).abs(), moved)
+    score = torch.maximum((presence[:, 0] - presence[:, 1]).abs(), moved)
+    return score * (v.eye_distance >= MIN_EYE_DISTANCE)  # smaller eyes: a highlight is a pixel or less
 
 
 def _opened(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
