@@ -3,7 +3,7 @@ look-alike accessories included), the share of clean renders and of real photogr
 threshold flags, and the face stack's ops and CPU time with the scorers on vs. off, in one run.
 
     uv run python bench/artifacts.py                 # 960 smoke renders at 256 px (about 3 minutes on 2 cores)
-    uv run python bench/artifacts.py --n 192 --quick # a smaller run
+    uv run python bench/artifacts.py --n 192 --rounds 2   # a smaller run
 """
 
 from __future__ import annotations
