@@ -32,6 +32,14 @@ def artifact_threshold(params: FilterParams, column: str) -> float | None:
     return getattr(params, "max_" + column.removeprefix("q_"))
 
 
+#: Each artifact column's rule: its reason code and what it rejects (threshold `filter.max_<column without q_>`).
+ARTIFACT_REASONS = {
+    "q_catchlight_mismatch": ("catchlights", "the eyes' highlights differ"),
+    "q_droplet": ("droplet", "a glossy blob on the face"),
+    "q_background_structure": ("background", "structure in the background"),
+}
+
+
 @dataclass(frozen=True)
 class Rule:
     reason: str
@@ -75,28 +83,12 @@ RULES: tuple[Rule, ...] = (
         "discriminator logit < filter.min_disc_logit (off when null)",
         lambda d, p: np.zeros(len(d), bool) if p.min_disc_logit is None else d.q_disc < p.min_disc_logit,
     ),
-    Rule(
-        "catchlights",
-        "the eyes' highlights differ: q_catchlight_mismatch > filter.max_catchlight_mismatch (off when null)",
-        lambda d, p: _above(d, "q_catchlight_mismatch", p.max_catchlight_mismatch),
+    *(
+        Rule(reason, f"{what}: {column} > filter.max_{column.removeprefix('q_')} (off when null)",
+             lambda d, p, c=column: _above(d, c, artifact_threshold(p, c)))
+        for column, (reason, what) in ARTIFACT_REASONS.items()
     ),
-    Rule(
-        "droplet",
-        "a glossy blob on the face: q_droplet > filter.max_droplet (off when null)",
-        lambda d, p: _above(d, "q_droplet", p.max_droplet),
-    ),
-    Rule(
-        "background",
-        "structure in the background: q_background_structure > filter.max_background_structure (off when null)",
-        lambda d, p: _above(d, "q_background_structure", p.max_background_structure),
-    ),
-)
-#: Reason code of each artifact column's rule.
-ARTIFACT_REASONS = {
-    "q_catchlight_mismatch": "catchlights",
-    "q_droplet": "droplet",
-    "q_background_structure": "background",
-}
+)  # fmt: skip
 
 
 def artifact_columns_read(params: FilterParams, available: list[str]) -> list[str]:

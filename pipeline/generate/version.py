@@ -48,8 +48,8 @@ def _sha256(parts: list[str]) -> str:
 def _set(params: Params, keys: tuple[str, ...]) -> list[str]:
     """Fingerprints of the optional `keys` that differ from their defaults."""
     return [
-        f"{key} {params.section_fingerprint(key)}" for key in keys
-        if params.section_fingerprint(key) != _DEFAULTS.section_fingerprint(key)
+        f"{key} {mine}" for key in keys
+        if (mine := params.section_fingerprint(key)) != _DEFAULTS.section_fingerprint(key)
     ]  # fmt: skip
 
 

@@ -22,27 +22,29 @@ OFF_QUANTILE = 0.02
 
 @dataclass(frozen=True)
 class Margin:
-    """A thresholded rule: the reason code, the score it reads, its threshold, and whether it rejects below it."""
+    """A thresholded rule: the reason code, the score it reads, its threshold, whether it rejects below it, and
+    whether it thresholds the score's magnitude (roll: either way)."""
 
     reason: str
     column: str
     threshold: Callable[[FilterParams], float | None]
     rejects_below: bool
+    magnitude: bool = False
 
     def score(self, frame: pd.DataFrame) -> pd.Series:
-        return frame[self.column].abs() if self.reason == "roll" else frame[self.column]
+        return frame[self.column].abs() if self.magnitude else frame[self.column]
 
 
 MARGINS: tuple[Margin, ...] = (
     Margin("low_det_prob", "det_prob", lambda p: p.min_det_prob, True),
     Margin("small_face", "q_face_fraction", lambda p: p.min_face_fraction, True),
-    Margin("roll", "q_roll", lambda p: p.max_roll_deg, False),
+    Margin("roll", "q_roll", lambda p: p.max_roll_deg, False, magnitude=True),
     Margin("misaligned", "q_align_residual", lambda p: p.max_align_residual, False),
     Margin("blurry", "q_sharpness", lambda p: p.min_sharpness or None, True),
     Margin("low_quality", "q_serfiq", lambda p: p.min_serfiq or None, True),
     Margin("unrealistic", "q_disc", lambda p: p.min_disc_logit, True),
     *(Margin(reason, column, lambda p, c=column: artifact_threshold(p, c), False)
-      for column, reason in ARTIFACT_REASONS.items()),
+      for column, (reason, _) in ARTIFACT_REASONS.items()),
 )  # fmt: skip
 
 
@@ -58,9 +60,10 @@ def margin_keys(scores: pd.Series, threshold: float, rejects_below: bool, per_si
 def write_margin_sheets(scores: pd.DataFrame, params: FilterParams, candidates: Path, folder: Path,
                         per_side: int = 8) -> dict[str, dict]:  # fmt: skip
     """reports/margins/<reason>.jpg for every rule whose score the candidates carry: a row just kept, a row just
-    rejected. Returns per reason the threshold used and whether it is the rule's (`on`) or a quantile."""
+    rejected. Returns per reason the threshold used and whether it is the rule's (`on`) or a quantile. The images
+    of every sheet are read in one pass over the shards that hold them."""
     faces = scores[scores["det_prob"] > 0].set_index("key")
-    written: dict[str, dict] = {}
+    chosen: dict[str, tuple[Margin, float, bool, list, list]] = {}
     for m in MARGINS:
         if m.column not in faces or not np.isfinite(faces[m.column]).any():
             continue
@@ -69,13 +72,13 @@ def write_margin_sheets(scores: pd.DataFrame, params: FilterParams, candidates: 
         on = threshold is not None
         if not on:
             threshold = float(values.quantile(OFF_QUANTILE if m.rejects_below else 1 - OFF_QUANTILE))
-        kept, rejected = margin_keys(values, threshold, m.rejects_below, per_side)
-        images = candidate_images(candidates, set(kept) | set(rejected))
+        chosen[m.reason] = (m, threshold, on, *margin_keys(values, threshold, m.rejects_below, per_side))
+    images = candidate_images(candidates, {k for *_, kept, rejected in chosen.values() for k in kept + rejected})
+    for reason, (m, threshold, _, kept, rejected) in chosen.items():
         side = ("<", ">=") if m.rejects_below else (">", "<=")
         rows = [
             (f"inside {side[1]} {threshold:.3g}", [images[k] for k in kept if k in images]),
             (f"past {side[0]} {threshold:.3g}", [images[k] for k in rejected if k in images]),
         ]
-        write_bytes_atomic(folder / f"{m.reason}.jpg", sheet_bytes(contact_sheet(rows, columns=per_side)))
-        written[m.reason] = {"column": m.column, "threshold": threshold, "on": on}
-    return written
+        write_bytes_atomic(folder / f"{reason}.jpg", sheet_bytes(contact_sheet(rows, columns=per_side)))
+    return {reason: {"column": m.column, "threshold": t, "on": on} for reason, (m, t, on, *_) in chosen.items()}
