@@ -31,7 +31,12 @@ from pipeline.generators.synthesis import to_uint8
 from pipeline.runtime.dispatch import count_dispatch
 
 #: The planted kinds each scorer is meant to catch (attr_smoke_artifact values).
-CATCHES = {"catchlights": ["catchlights"], "droplets": ["droplets"], "background": ["background"]}
+CATCHES = {
+    "catchlights": ["catchlights"],
+    "droplets": ["droplets"],
+    "background": ["background"],
+    "accessories": ["earring", "glasses"],
+}
 SCORERS = list(ARTIFACT_COLUMNS)
 
 
@@ -141,6 +146,13 @@ def main() -> None:
         print(f"| {scorer} | {column} | {int(planted.sum())} | {auc(s[column][planted], s[column][clean]):.3f} | {t} "
               f"| {np.mean(s[column][clean] > t):.1%} | {np.mean(s[column][planted] > t):.1%} "
               f"| {sum(v > t for v in photo)} of {len(photo)} | {max(photo):.3f} |")  # fmt: skip
+    for scorer, kinds in CATCHES.items():  # a scorer of several kinds: each kind on its own
+        column = ARTIFACT_COLUMNS[scorer]
+        for kind in kinds if len(kinds) > 1 else ():
+            planted = found & (s["attr_smoke_artifact"] == kind)
+            flagged = np.mean(s[column][planted] > SUGGESTED[column])
+            print(f"{scorer}, {kind} only: {int(planted.sum())} planted, ROC AUC "
+                  f"{auc(s[column][planted], s[column][clean]):.3f}, flagged {flagged:.1%}")  # fmt: skip
     print("lowest threshold flagging <= 2% of clean renders and no photograph: " + "; ".join(lowest_note))
     for name, values in photos.items():
         print(f"photo {name}: " + ", ".join(f"{c} {v:.3f}" for c, v in values.items()))

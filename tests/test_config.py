@@ -56,7 +56,7 @@ def problems(raw: dict) -> list[str]:
         ),
         ({"runtime": {"batch_size": 0}}, "runtime.batch_size: "),
         ({"export": {"formats": []}}, "export.formats: "),
-        ({"export": {"formats": ["parquet", "parquet"]}}, "export.formats: must not repeat a format"),
+        ({"export": {"formats": ["parquet", "parquet"]}}, "export.formats: must not repeat a value"),
         (
             {"variation": {"mix_start": 4, "mix_stop": 2}},
             "variation.mix_stop: must be > variation.mix_start (4), got 2",

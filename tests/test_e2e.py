@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from pipeline.faces.columns import ARTIFACT_COLUMNS
 from pipeline.report.margins import MARGINS
 from pipeline.shards.io import sha256_file
 
@@ -108,7 +109,7 @@ def test_dataset_reads_back_consistently(built: tuple[Path, str]) -> None:
         assert (repo / "reports" / picture).read_bytes()[:2] == b"\xff\xd8"
     margins = {p.stem for p in (repo / "reports" / "margins").glob("*.jpg")}  # every rule with a score (no q_disc)
     assert margins == {m.reason for m in MARGINS} - {"unrealistic"}, margins
-    for column in ("q_catchlight_mismatch", "q_droplet", "q_background_structure"):  # the smoke preset scores them
+    for column in ARTIFACT_COLUMNS.values():  # the smoke preset runs every scorer
         assert (repo / "reports" / "plots" / "quality" / f"{column}.csv").is_file()
     per_identity = meta.groupby("identity").size()
     assert per_identity.between(4, cand["variants_per_identity"]).all()

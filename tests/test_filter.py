@@ -17,10 +17,11 @@ GOOD = {
     "q_finite": 1.0, "q_face_fraction": 0.2, "q_roll": 2.0, "q_eye_distance": 0.4, "q_nose_position": 0.5,
     "q_landmarks_inside": 1.0, "q_align_residual": 0.02, "q_sharpness": 50.0, "q_brightness": 0.5, "q_clipped": 0.0,
     "q_serfiq": 0.8, "q_disc": 1.5, "q_catchlight_mismatch": 0.0, "q_droplet": 0.02, "q_background_structure": 0.01,
+    "q_accessory_asymmetry": 0.05,
 }  # fmt: skip
 PARAMS = FilterParams(
     min_sharpness=10.0, min_serfiq=0.5, min_disc_logit=0.0, max_catchlight_mismatch=0.9, max_droplet=0.25,
-    max_background_structure=0.45,
+    max_background_structure=0.45, max_accessory_asymmetry=0.4,
 )  # fmt: skip
 
 
@@ -47,6 +48,7 @@ RULE_CASES = [
     ({"q_catchlight_mismatch": 1.0}, "catchlights"),
     ({"q_droplet": 0.4}, "droplet"),
     ({"q_background_structure": 0.5}, "background"),
+    ({"q_accessory_asymmetry": 0.6}, "accessories"),
 ]
 
 
@@ -76,6 +78,7 @@ KEY_CASES: dict[str, tuple[dict[str, Any], Any, Any, str]] = {
     "max_catchlight_mismatch": ({"q_catchlight_mismatch": 0.6}, None, 0.5, "catchlights"),
     "max_droplet": ({"q_droplet": 0.3}, 0.35, 0.25, "droplet"),
     "max_background_structure": ({"q_background_structure": 0.2}, None, 0.1, "background"),
+    "max_accessory_asymmetry": ({"q_accessory_asymmetry": 0.3}, 0.4, 0.25, "accessories"),
 }
 
 

@@ -9,7 +9,7 @@ import json
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 def Count(high: int) -> Any:
@@ -23,6 +23,15 @@ MAX_IDENTITIES, MAX_VARIANTS = 999_999_999, 999
 MAX_SHARDS = 1_000_000
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Cosine = Annotated[float, Field(ge=-1.0, le=1.0)]
+
+
+def _no_repeats(value: list[Any]) -> list[Any]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"must not repeat a value, got {value}")
+    return value
+
+
+NoRepeats = AfterValidator(_no_repeats)
 
 
 class Section(BaseModel):
@@ -157,16 +166,22 @@ class EmbedParams(Section):
     serfiq_passes: Annotated[int, Field(ge=0, le=1000)] = 100
 
 
+ScorerName = Literal["catchlights", "droplets", "background", "accessories"]
+#: In their columns' order (faces/columns.py; tested): the same scorers listed in any order give one fingerprint.
+SCORERS = get_args(ScorerName)
+
+
 class ArtifactsParams(Section):
     """Artifact scorers (pipeline/faces/artifacts.py) and, on the smoke renderer, planted artifacts to test them."""
 
-    scorers: list[Literal["catchlights", "droplets", "background"]] = []
+    scorers: Annotated[list[ScorerName], NoRepeats, AfterValidator(lambda v: sorted(v, key=SCORERS.index))] = []
     plant: Probability = 0.0
 
 
 #: The filter key of each artifact rule and the scorer whose column it thresholds (faces/columns.py names them).
 ARTIFACT_RULES = {
     "max_catchlight_mismatch": "catchlights", "max_droplet": "droplets", "max_background_structure": "background",
+    "max_accessory_asymmetry": "accessories",
 }  # fmt: skip
 
 
@@ -184,6 +199,7 @@ class FilterParams(Section):
     max_catchlight_mismatch: Annotated[float, Field(ge=0.0)] | None = None
     max_droplet: Annotated[float, Field(ge=0.0)] | None = None
     max_background_structure: Annotated[float, Field(ge=0.0)] | None = None
+    max_accessory_asymmetry: Annotated[float, Field(ge=0.0)] | None = None
 
     @field_validator("brightness")
     @classmethod
@@ -206,19 +222,12 @@ class DedupParams(Section):
 
 
 class AttributesParams(Section):
-    estimators: list[str] = ["pose"]
+    estimators: Annotated[list[str], NoRepeats] = ["pose"]
     yaw_bins: dict[str, tuple[float, float]] = {"left": (-90.0, -15.0), "frontal": (-15.0, 15.0), "right": (15.0, 90.0)}
     nose_depth: Annotated[float, Field(gt=0.0, le=3.0)] = 0.8
     clip_weights: Literal["openclip-vit-b-32-laion2b"] = "openclip-vit-b-32-laion2b"
     clip_attributes: list[str] = ["gender", "age", "ethnicity", "glasses", "smile", "facial_hair", "headwear"]
     clip_allow_random: bool = False
-
-    @field_validator("estimators")
-    @classmethod
-    def _known_estimators(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"must not repeat an estimator, got {value}")
-        return value
 
     @field_validator("yaw_bins")
     @classmethod
@@ -255,7 +264,7 @@ class DatasetParams(Section):
 
 class ExportParams(Section):
     formats: Annotated[
-        list[Literal["webdataset", "parquet", "recordio", "imagefolder", "lmdb"]], Field(min_length=1)
+        list[Literal["webdataset", "parquet", "recordio", "imagefolder", "lmdb"]], Field(min_length=1), NoRepeats
     ] = ["webdataset", "parquet"]
     samples_per_shard: Count(100_000_000) = 10_000
     max_shard_bytes: Annotated[int, Field(ge=1 << 20, le=1 << 40)] = 1 << 30
@@ -264,13 +273,6 @@ class ExportParams(Section):
     include_full: bool = False
     shuffle: bool = True
     workers: Count(1024) | Literal["auto"] = "auto"
-
-    @field_validator("formats")
-    @classmethod
-    def _unique_formats(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"must not repeat a format, got {value}")
-        return value
 
 
 class RuntimeParams(Section):

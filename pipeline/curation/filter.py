@@ -37,6 +37,7 @@ ARTIFACT_REASONS = {
     "q_catchlight_mismatch": ("catchlights", "the eyes' highlights differ"),
     "q_droplet": ("droplet", "a glossy blob on the face"),
     "q_background_structure": ("background", "structure in the background"),
+    "q_accessory_asymmetry": ("accessories", "earrings or glasses differ left to right"),
 }
 
 

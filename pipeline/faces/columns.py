@@ -17,9 +17,10 @@ Meaning and direction of each column:
   Scored per sample (minibatch-std over a group of one) so it does not depend on the batch.
 
 Artifact scores (only with `artifacts.scorers`; higher = more suspicious; pipeline/faces/artifacts.py):
-- q_catchlight_mismatch: the eyes' specular highlights differ (size share + offset), 0-2; 0 when neither has one.
+- q_catchlight_mismatch: the eyes' highlights differ (one-sided, or apart within the iris), 0-1; 0 when neither has one.
 - q_droplet: strongest compact bright blob on the face and hair (eyes and mouth left out), 0-1 of full scale.
 - q_background_structure: strongest local contrast in the background away from the head, 0-1 (std / 255).
+- q_accessory_asymmetry: left/right mismatch of glasses rims or earrings about the face's axis, 0-1.
 """
 
 QUALITY_COLUMNS = (
@@ -32,6 +33,7 @@ ARTIFACT_COLUMNS = {
     "catchlights": "q_catchlight_mismatch",
     "droplets": "q_droplet",
     "background": "q_background_structure",
+    "accessories": "q_accessory_asymmetry",
 }
 #: Documented thresholds for the artifact rules (`filter.max_*`, off until set), measured on smoke renders and the
 #: real photographs at hand (bench/artifacts.py, docs/artifacts.md); not measured on NVIDIA's weights.
@@ -39,4 +41,5 @@ SUGGESTED_THRESHOLDS = {
     "q_catchlight_mismatch": 0.95,
     "q_droplet": 0.3,
     "q_background_structure": 0.45,
+    "q_accessory_asymmetry": 0.4,
 }
